@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (the main job) and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench overhead clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[bench,test,triton]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m bench.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+overhead: $(STAMP)
+	$(PY) -m bench.overhead
+
+bench: $(STAMP)
+	$(PY) -m bench.quality
+
+clean:
+	rm -rf $(VENV) out

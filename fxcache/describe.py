@@ -1,0 +1,42 @@
+"""A human-readable account of what the backend found and what it does, for `fxcache.explain(model)`."""
+
+from __future__ import annotations
+
+from .backend import _PLAIN_GRAPHS, runtimes_of
+from .passes.discover import _shape
+from .plan import Site
+
+
+def describe(model) -> str:
+    lines = []
+    runtimes = runtimes_of(model)
+    if not runtimes:
+        lines.append("fxcache: no cached graph for this model (not compiled yet, or compiled without blocks)")
+    for k, r in enumerate(runtimes):
+        d = r.discovery
+        lists = ", ".join(f"{name} x{n}" for name, n in d.block_lists().items())
+        lines.append(f"graph {k}: {len(d.nodes)} nodes; block lists: {lists} ({d.num_units} units)")
+        lines.append(f"  prefix: nodes [0, {d.cuts[0]}), blocks [{d.cuts[0]}, {d.cuts[-1]}), "
+                     f"suffix [{d.cuts[-1]}, {len(d.nodes)})")
+        names = {i: d.placeholders[i].name for i in (d.timestep, d.hidden, d.encoder) if i is not None}
+        lines.append(f"  inputs: timestep={names.get(d.timestep)}, hidden={names.get(d.hidden)}, "
+                     f"encoder={names.get(d.encoder)}")
+        lines.append("  carried streams at block 0: " + ", ".join(f"{n.name}{list(_shape(n) or [])}"
+                                                             for n in d.streams[0]))
+        sites = [Site("residual", 0, d.num_units)]
+        c = d.first_residual_cut()
+        if c is not None:
+            sites += [Site("residual", 0, c), Site("residual", c, d.num_units)]
+        sites = [s for s in sites if d.site_ok(s)] + [Site("indicator", name=n) for n in d.indicators]
+        lines.append("  sites: " + ", ".join(str(s) for s in sites))
+        streams = sorted(r.streams.states)
+        lines.append(f"  streams seen: {', '.join(streams) or '-'} "
+                     f"({'separate cond/uncond calls' if len(streams) > 1 else 'one call per step'})")
+        lines.append(f"  policy: {r.policy.name} ({r.policy.describe()}); compiler: {r.variants.compiler}; "
+                     f"variants: {len(r.variants)}")
+        lines.append(f"  stats: {r.stats.summary()}")
+    ids = {id(p) for p in getattr(getattr(model, "_orig_mod", model), "parameters", lambda: [])()}
+    for g in _PLAIN_GRAPHS:
+        if g["params"] & ids or not g["params"]:
+            lines.append(f"plain graph ({g['nodes']} nodes): {g['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""Discovery: find the transformer blocks in a Dynamo graph and describe where work can be cached.
+
+Pure analysis of a GraphModule; nothing is edited. The result, `Discovery`, names positions in the graph's node
+order: a *unit* is one block (one index of a repeated ModuleList, plus any glue code the model's loop runs after it,
+such as Latte's reshapes between spatial and temporal blocks); *cut k* is the position where unit k starts
+(cut U is the end of the last unit). The *streams* live at a cut are the tensors carried from block to block
+(hidden states; also the text stream of dual-stream MMDiT blocks). A residual *site* is a range of units whose
+output streams match its input streams in shape, so it can be replaced by "input + cached residual".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from ..plan import Site, Stop
+
+_INDEXED = re.compile(r"^(.*?)(?:\.(\d+)|\[(\d+)\]|\._modules\['(\d+)'\])$")
+
+
+@dataclass
+class Unit:
+    list_name: str  # normalised path of the ModuleList, e.g. "transformer_blocks"
+    index: int
+    module_type: str
+    start: int  # first node position (cut)
+    stop: int  # one past the last node position, glue included
+
+
+@dataclass
+class Discovery:
+    nodes: list[fx.Node]
+    pos: dict[fx.Node, int]
+    units: list[Unit]
+    cuts: list[int]  # len(units) + 1
+    streams: list[list[fx.Node]]  # per cut: the carried tensors live there, in matching order
+    timestep: int | None  # placeholder index of the timestep input
+    hidden: int | None  # placeholder index of the latent input
+    encoder: int | None  # placeholder index of the text-embedding input
+    indicators: dict[str, fx.Node] = field(default_factory=dict)
+    last_use: dict[fx.Node, int] = field(default_factory=dict)
+    placeholders: list[fx.Node] = field(default_factory=list)
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    def block_lists(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for u in self.units:
+            counts[u.list_name] += 1
+        return dict(counts)
+
+    def pairs(self, a: int, b: int) -> list[tuple[fx.Node, fx.Node]] | None:
+        """(input, output) stream pairs of units [a, b), matched by shape and dtype in stream order. The output
+        side may hold fewer streams (the text stream of MMDiT models is dead after the last block)."""
+        if not (0 <= a < b <= self.num_units):
+            return None
+        free = list(self.streams[a])
+        out = []
+        for y in self.streams[b]:
+            x = next((x for x in free if _shape(x) == _shape(y) and _dtype(x) == _dtype(y)), None)
+            if x is None:
+                return None
+            free.remove(x)
+            out.append((x, y))
+        return out or None
+
+    def residual_ok(self, a: int, b: int) -> bool:
+        """Can units [a, b) be replaced by their cached residual? Every stream leaving the range must match one
+        entering it, and nothing the range defines may be needed after it but those streams (this rules out
+        long skip connections such as HunyuanDiT's)."""
+        pairs = self.pairs(a, b)
+        if pairs is None:
+            return False
+        lo, hi = self.cuts[a], self.cuts[b]
+        allowed = {y for _, y in pairs}
+        return all(n in allowed or self.last_use.get(n, -1) < hi for n in self.nodes[lo:hi])
+
+    def first_residual_cut(self) -> int | None:
+        """The first cut c >= 1 such that units [0, c) form a valid residual (the 'first block' of FBCache;
+        for Latte it is the first spatial+temporal pair)."""
+        for c in range(1, self.num_units):
+            if self.residual_ok(0, c) and self.residual_ok(c, self.num_units):
+                return c
+        return None
+
+    def position(self, stop: Stop) -> int:
+        """Node position of a plan boundary."""
+        if stop.kind == "cut":
+            return self.cuts[stop.index]
+        return self.pos[self.indicators[stop.name]] + 1
+
+    def site_ok(self, site: Site) -> bool:
+        if site.kind == "residual":
+            return self.residual_ok(site.start, site.stop)
+        if site.kind == "indicator":
+            return site.name in self.indicators
+        return False
+
+    def live_at(self, p: int) -> list[fx.Node]:
+        return [n for n in self.nodes[:p] if n.op != "placeholder" and self.last_use.get(n, -1) >= p]
+
+
+def _shape(n: fx.Node):
+    v = n.meta.get("example_value", n.meta.get("val"))
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _dtype(n: fx.Node):
+    v = n.meta.get("example_value", n.meta.get("val"))
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
+def _is_tensor(n: fx.Node) -> bool:
+    return isinstance(n.meta.get("example_value", n.meta.get("val")), torch.Tensor)
+
+
+def _normalise(path: str) -> str:
+    """"L['self'].__dict__['_modules']['blocks'].1" -> "blocks.1"; "L['self'].transformer_blocks[0]" -> ..."""
+    path = re.sub(r"^[LG]\['[^']*'\]\.?", "", path)
+    path = path.replace("__dict__['_modules']", "").replace("._modules", "")
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    return re.sub(r"\.+", ".", path).strip(".")
+
+
+def block_of(node: fx.Node) -> tuple[str, int, str] | None:
+    """(list path, index, module type) of the outermost indexed module around `node`, if any."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    for path, mtype in stack.values():
+        norm = _normalise(path)
+        m = re.match(r"^(.*)\.(\d+)$", norm)
+        if m:
+            return m.group(1), int(m.group(2)), getattr(mtype, "__qualname__", str(mtype))
+    return None
+
+
+def _placeholder_name(n: fx.Node) -> str:
+    src = getattr(n, "_dynamo_source", None)
+    return (src.name if src is not None and hasattr(src, "name") else n.name).lower()
+
+
+def _find_input(placeholders, example, words) -> int | None:
+    for i, n in enumerate(placeholders):
+        if isinstance(example[i], torch.nn.Parameter):
+            continue
+        name = _placeholder_name(n)
+        if any(w in name for w in words):
+            return i
+    return None
+
+
+def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
+    """Describe `gm`, or return None when it holds no list of >= 2 repeated blocks."""
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max((pos[u] for u in n.users), default=-1) for n in nodes}
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+
+    # Group compute nodes by (list, index); keep lists with >= 2 indices of one module type.
+    members: dict[tuple[str, int], list[int]] = defaultdict(list)
+    types: dict[str, set] = defaultdict(set)
+    for n in nodes:
+        if n.op in ("placeholder", "output", "get_attr"):
+            continue
+        b = block_of(n)
+        if b is not None:
+            members[(b[0], b[1])].append(pos[n])
+            types[b[0]].add(b[2])
+    indices: dict[str, set] = defaultdict(set)
+    for (lst, i) in members:
+        indices[lst].add(i)
+    lists = {lst for lst, idx in indices.items() if len(idx) >= 2 and len(types[lst]) == 1}
+    # A repeated list nested inside another (e.g. ff.net.0 inside blocks.3) is not a block list.
+    lists = {l for l in lists if not any(l != o and l.startswith(o + ".") for o in lists)}
+    if not lists:
+        return None
+    spans = sorted((min(p), max(p), lst, i) for (lst, i), p in members.items() if lst in lists)
+    for (s0, e0, *_), (s1, *_r) in zip(spans, spans[1:]):
+        if s1 <= e0:  # interleaved ops of two blocks: cannot cut between them
+            return None
+    units = []
+    for k, (s, e, lst, i) in enumerate(spans):
+        nxt = spans[k + 1][0] if k + 1 < len(spans) else e + 1
+        units.append(Unit(lst, i, next(iter(types[lst])), s, nxt))
+    cuts = [u.start for u in units] + [units[-1].stop]
+
+    streams = [_streams_at(nodes, pos, last_use, units, cuts, k) for k in range(len(cuts))]
+    _close_loop(nodes, pos, last_use, units, cuts, streams)
+
+    d = Discovery(nodes=nodes, pos=pos, units=units, cuts=cuts, streams=streams,
+                  timestep=_find_input(placeholders, example_inputs, ("timestep", "sigma", "['t']")),
+                  hidden=_find_input(placeholders, example_inputs, ("hidden_states", "sample", "latent", "['x']")),
+                  encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
+                  last_use=last_use, placeholders=placeholders)
+    d.indicators = _indicators(d)
+    return d
+
+
+def _streams_at(nodes, pos, last_use, units, cuts, k) -> list[fx.Node]:
+    """Tensors carried across cut k, in order of first use after the cut."""
+    c = cuts[k]
+    if k == 0:
+        # Inputs of unit 0 that the next block of the same list does not also read: what the first block
+        # transforms (not temb, rope, text embeddings shared by every block).
+        twin = next(u for u in units[1:] if u.list_name == units[0].list_name)
+        u0 = set(nodes[units[0].start:units[0].stop])
+        u1 = set(nodes[twin.start:twin.stop])
+        read0 = _external_reads(nodes[units[0].start:units[0].stop], u0)
+        read1 = set(_external_reads(nodes[twin.start:twin.stop], u1))
+        return [n for n in read0
+                if n not in read1 and _is_tensor(n) and not (n.op == "placeholder" and is_param_like(n))]
+    lo = cuts[k - 1]
+    live = [n for n in nodes[lo:c] if last_use.get(n, -1) >= c and _is_tensor(n)]
+    first_use = {n: min(pos[u] for u in n.users if pos[u] >= c) for n in live}
+    return sorted(live, key=lambda n: first_use[n])
+
+
+def _close_loop(nodes, pos, last_use, units, cuts, streams, reach: int = 64) -> None:
+    """Extend the last unit over the loop's trailing glue (Latte reshapes back to the spatial layout after its
+    last temporal block) until the streams leaving it match the ones entering block 0 in shape."""
+    want = [(_shape(n), _dtype(n)) for n in streams[0]]
+
+    def matches(ss):
+        have = [(_shape(n), _dtype(n)) for n in ss]
+        return bool(have) and all(h in want for h in have)
+
+    if matches(streams[-1]):
+        return
+    for p in range(cuts[-1] + 1, min(len(nodes) - 1, cuts[-1] + reach)):
+        trial = cuts[:-1] + [p]
+        ss = _streams_at(nodes, pos, last_use, units, trial, len(trial) - 1)
+        if matches(ss):
+            units[-1].stop = cuts[-1] = p
+            streams[-1] = ss
+            return
+
+
+def is_param_like(n: fx.Node) -> bool:
+    td = n.meta.get("tensor_dict", {})
+    return bool(td.get("_dynamo_static_input_type")) or "_parameters_" in n.name or "_buffers_" in n.name
+
+
+def _external_reads(unit_nodes, inside) -> list[fx.Node]:
+    seen, out = set(), []
+    for n in unit_nodes:
+        for a in n.all_input_nodes:
+            if a not in inside and a not in seen:
+                seen.add(a)
+                out.append(a)
+    return out
+
+
+def _indicators(d: Discovery) -> dict[str, fx.Node]:
+    """TeaCache's indicators. "modulated_input": the tensor block 0 feeds into its first attention module
+    (norm1(h) * (1 + scale) + shift). "timestep": the timestep embedding that block 0 reads (temb / e0)."""
+    found: dict[str, fx.Node] = {}
+    u0 = d.units[0]
+    inside = d.nodes[u0.start:u0.stop]
+    unit_set = set(inside)
+    for n in inside:
+        stack = n.meta.get("nn_module_stack") or {}
+        paths = [_normalise(p) for p, _ in stack.values()]
+        if any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", p) for p in paths):
+            cands = [a for a in n.all_input_nodes if a in unit_set and _is_tensor(a)
+                     and not any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", _normalise(p))
+                                 for p, _ in (a.meta.get("nn_module_stack") or {}).values())]
+            if cands:
+                found["modulated_input"] = cands[0]
+                break
+    if d.timestep is not None:
+        ts = d.placeholders[d.timestep]
+        dep = _descendants(ts)
+        for a in _external_reads(inside, unit_set):
+            if a in dep and _is_tensor(a) and len(_shape(a) or ()) >= 2:
+                found["timestep"] = a
+                break
+    return found
+
+
+def _descendants(root: fx.Node) -> set[fx.Node]:
+    out, todo = set(), [root]
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            if u not in out:
+                out.add(u)
+                todo.append(u)
+    return out

@@ -1,0 +1,59 @@
+"""First Block Cache (ParaAttention; diffusers `FirstBlockCache`).
+
+Every call runs the first block (probe) and compares its residual with the one from the last *computed* step
+(relative L1). Below `threshold`, the remaining blocks are skipped and their cached residual is added instead;
+otherwise they run and both residuals are cached. The reference only moves on computed steps, so nothing
+accumulates. Default threshold 0.05 (diffusers). Where a model's first block changes the tensor layout (Latte's
+spatial block hands a temporal layout to its temporal block), the "first block" is the first run of blocks whose
+output matches its input in shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import FULL, Plan, Stop, residual
+from .base import Param, Policy, Unsupported, non_negative, positive
+
+
+@dataclass
+class FBState:
+    has_ref: bool = False
+    skips: int = 0
+
+
+class FBCache(Policy):
+    name = "fbcache"
+    params = {
+        "threshold": Param(0.05, float, "relative L1 of the first block's residual below which the rest is reused",
+                           non_negative, ">= 0"),
+        "warmup_steps": Param(0, int, "steps always computed at the start of each stream", non_negative, ">= 0"),
+        "max_consecutive_skips": Param(None, int, "at most this many skipped steps in a row (None: unlimited)",
+                                       positive, ">= 1 or None"),
+    }
+
+    def bind(self, d) -> None:
+        c = d.first_residual_cut()
+        if c is None:
+            raise Unsupported("no first block whose residual matches the rest of the stack")
+        self.head, self.tail = residual(0, c), residual(c, d.num_units)
+        self.cut = Stop("cut", c)
+        self.write_all = Plan(write=frozenset({self.head, self.tail}), label="full")
+
+    def new_state(self) -> FBState:
+        return FBState()
+
+    def plan(self, call, state: FBState) -> Plan:
+        if not state.has_ref or call.step <= self.warmup_steps:
+            state.has_ref, state.skips = True, 0
+            return self.write_all
+        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
+
+    def decide(self, call, state: FBState, measured: dict) -> Plan:
+        d = measured[(self.head, "rel_l1")]
+        can_skip = self.max_consecutive_skips is None or state.skips < self.max_consecutive_skips
+        if d < self.threshold and can_skip:
+            state.skips += 1
+            return Plan(reuse=frozenset({self.tail}), start=self.cut, label="skip")
+        state.skips = 0
+        return Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full")

@@ -1,0 +1,127 @@
+"""MagCache (Zehong-Ma/MagCache; diffusers `MagCacheConfig`).
+
+Offline, an uncached run records gamma_k: the mean over tokens of |r_k|_2 / |r_{k-1}|_2 (norms over channels) of
+the whole stack's residual r, per stream. Online, from step floor(retention * N) on, the policy multiplies the
+ratios since the last computed step into R, accumulates the error E += |1 - R|, and reuses the cached residual
+while E < threshold and at most `max_skips` steps in a row; otherwise it computes and resets. Ratio lists are
+nearest-interpolated when N differs from the calibration.
+
+    options={"policy": "magcache", "calibrate": "ratios.json"}   # one uncached generation records the ratios
+    options={"policy": "magcache", "ratios": "ratios.json"}      # later generations use them
+
+Defaults: the paper's per-family constants (Wan 0.12/2/0.2, Flux 0.24/5/0.1, HunyuanVideo 0.24/6/0.2), else
+diffusers' (0.06/3/0.2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..families import family
+from ..plan import FULL, Plan, residual
+from .base import Param, Policy, Unsupported, fraction, non_negative, positive
+
+DEFAULTS = {"wan": (0.12, 2, 0.2), "flux": (0.24, 5, 0.1), "hunyuanvideo": (0.24, 6, 0.2)}
+DIFFUSERS = (0.06, 3, 0.2)
+
+
+def _ratios_ok(v) -> bool:
+    if isinstance(v, str):
+        return True
+    if isinstance(v, dict):
+        return all(isinstance(x, list) and x for x in v.values())
+    return isinstance(v, (list, tuple)) and len(v) > 0
+
+
+def load_ratios(source) -> dict[str, list[float]]:
+    """{stream: [gamma_1..gamma_N]} from a calibration file, a dict, or one list for every stream."""
+    if isinstance(source, str):
+        path = Path(source)
+        if not path.exists():
+            raise ValueError(f"fxcache: option 'ratios' of policy 'magcache': no file {source!r}; record one with "
+                             f"options={{'policy': 'magcache', 'calibrate': {source!r}}}")
+        source = json.loads(path.read_text())["streams"]
+    if isinstance(source, dict):
+        return {k: [float(x) for x in v] for k, v in source.items()}
+    return {"*": [float(x) for x in source]}
+
+
+def nearest(ratios: list[float], n: int) -> list[float]:
+    m = len(ratios)
+    return [ratios[min(m - 1, round(i * (m - 1) / max(1, n - 1)))] for i in range(n)]
+
+
+@dataclass
+class MagState:
+    ratio: float = 1.0
+    skips: int = 0
+    error: float = 0.0
+    has_residual: bool = False
+    recorded: list = field(default_factory=list)
+
+
+class MagCache(Policy):
+    name = "magcache"
+    params = {
+        "threshold": Param(None, float, "accumulated error |1 - R| allowed (None: family default)",
+                           non_negative, ">= 0 or None"),
+        "max_skips": Param(None, int, "K: most consecutive reused steps (None: family default)", positive,
+                           ">= 1 or None"),
+        "retention": Param(None, float, "rho: fraction of steps always computed at the start (None: family "
+                           "default)", fraction, "in [0, 1] or None"),
+        "ratios": Param(None, (str, list, tuple, dict), "calibration file or ratio list", _ratios_ok,
+                        "a path, a list of floats, or {stream: list}"),
+        "calibrate": Param(None, str, "record ratios from an uncached run into this JSON file", None, "a path"),
+    }
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        if self.ratios is None and self.calibrate is None:
+            raise ValueError("fxcache: policy 'magcache' needs option 'ratios' (a calibration file or list) or "
+                             "'calibrate' (a path to record one into)")
+        self.table = load_ratios(self.ratios) if self.ratios is not None else None
+        self.recorded: dict[str, list[float]] = {}
+
+    def bind(self, d) -> None:
+        if not d.residual_ok(0, d.num_units):
+            raise Unsupported("the block stack's output does not match its input")
+        self.stack = residual(0, d.num_units)
+        t, k, r = DEFAULTS.get(family(d), DIFFUSERS)
+        self.thresh = t if self.threshold is None else self.threshold
+        self.k = k if self.max_skips is None else self.max_skips
+        self.rho = r if self.retention is None else self.retention
+
+    def new_state(self) -> MagState:
+        return MagState()
+
+    def _gammas(self, call) -> list[float]:
+        table = self.table.get(call.stream) or self.table.get("*") or next(iter(self.table.values()))
+        return nearest(table, call.num_steps or len(table))
+
+    def plan(self, call, state: MagState) -> Plan:
+        if self.calibrate is not None:
+            measure = frozenset({(self.stack, "mag_ratio")}) if state.has_residual else frozenset()
+            state.has_residual = True
+            return Plan(write=frozenset({self.stack}), measure=measure, label="full")
+        gammas = self._gammas(call)
+        n = len(gammas)
+        k = call.step - 1  # 0-based
+        if state.has_residual and int(self.rho * n) <= k < n:
+            state.ratio *= gammas[k]
+            state.skips += 1
+            state.error += abs(1.0 - state.ratio)
+            if state.error < self.thresh and state.skips <= self.k:
+                return Plan(reuse=frozenset({self.stack}), label="skip")
+        state.ratio, state.skips, state.error, state.has_residual = 1.0, 0, 0.0, True
+        return Plan(write=frozenset({self.stack}), label="full")
+
+    def observe(self, call, state: MagState, measured: dict, plan: Plan) -> None:
+        if self.calibrate is None:
+            return
+        state.recorded.append(measured.get((self.stack, "mag_ratio"), 1.0))
+        self.recorded[call.stream] = list(state.recorded)
+        from ..profile import save_mag_ratios
+
+        save_mag_ratios(self.calibrate, self.recorded)

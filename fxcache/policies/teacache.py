@@ -1,0 +1,130 @@
+"""TeaCache (ali-vilab/TeaCache), also reachable as "dynamiccache" (FinegrainDynamicCache, reconstructed).
+
+Accumulate-and-refresh: each step the relative L1 change of an indicator since the previous step is rescaled by
+a polynomial and added to an accumulator; while it stays below `threshold` the whole block stack is skipped and the
+last computed residual is added instead; when it crosses, the step is computed and the accumulator cleared. The
+first step is always computed, and the last one when `num_steps` is known.
+
+Indicators: "modulated_input" (default; block 0's norm(h)*(1+scale)+shift), "timestep" (the timestep embedding
+block 0 reads; what TeaCache uses for CogVideoX and Wan), "output" (DynamicCache-output, a reconstruction: the
+per-step relative change between the two latest computed outputs, accumulated until the threshold).
+Coefficients "auto" use the published polynomial of the model family when it was fitted for the chosen indicator,
+and the identity otherwise (the published ones were fitted on the papers' models and indicators only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..families import family
+from ..plan import Plan, Site, Stop, residual
+from .base import Param, Policy, Unsupported, non_negative
+
+# (coefficients c4..c0, indicator they were fitted for), from TeaCache's repository.
+COEFFICIENTS = {
+    "latte": ([-2.46434137e3, 3.08044764e2, 8.07447667e1, -4.11385132, 1.11001402e-1], "modulated_input"),
+    "cogvideox-2b": ([-3.10658903e1, 2.54732368e1, -5.92380459, 1.75769064, -3.61568434e-3], "timestep"),
+    "cogvideox-5b": ([-1.53880483e3, 8.43202495e2, -1.34363087e2, 7.97131516, -5.23162339e-2], "timestep"),
+    "hunyuanvideo": ([7.33226126e2, -4.01131952e2, 6.75869174e1, -3.14987800, 9.61237896e-2], "modulated_input"),
+    "flux": ([4.98651651e2, -2.83781631e2, 5.58554382e1, -3.82021401, 2.64230861e-1], "modulated_input"),
+    "mochi": ([-3.51241319e3, 8.11675948e2, -6.09400215e1, 2.42429681, 3.05291719e-3], "modulated_input"),
+    "ltx": ([2.14700694e1, -1.28016453e1, 2.31279151, 7.92487521e-1, 9.69274326e-3], "modulated_input"),
+    "wan": ([2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1], "timestep"),
+}
+INDICATORS = ("modulated_input", "timestep", "output")
+
+
+def _coefficients_ok(v) -> bool:
+    return v in ("auto", "identity") or (isinstance(v, (list, tuple)) and len(v) >= 1
+                                          and all(isinstance(c, (int, float)) for c in v))
+
+
+@dataclass
+class TeaState:
+    acc: float = 0.0
+    estimate: float | None = None  # "output" indicator: last measured per-step change
+    previous_computed: int = 0
+
+
+class TeaCache(Policy):
+    name = "teacache"
+    params = {
+        "threshold": Param(0.1, float, "accumulated rescaled change that triggers a computed step (paper: 0.1 "
+                           "slow, 0.2 fast)", non_negative, ">= 0"),
+        "indicator": Param("modulated_input", str, "what to measure", lambda v: v in INDICATORS,
+                           " | ".join(INDICATORS)),
+        "coefficients": Param("auto", (str, list, tuple), "rescaling polynomial, highest degree first",
+                              _coefficients_ok, "'auto', 'identity' or a list of floats"),
+        "warmup_steps": Param(1, int, "steps always computed at the start", non_negative, ">= 0"),
+    }
+
+    def bind(self, d) -> None:
+        self.stack = residual(0, d.num_units)
+        if not d.residual_ok(0, d.num_units):
+            raise Unsupported("the block stack's output does not match its input")
+        if self.indicator != "output":
+            if self.indicator not in d.indicators:
+                raise Unsupported(f"no {self.indicator} indicator found in block 0")
+            self.site = Site("indicator", name=self.indicator)
+            self.stop = Stop("indicator", name=self.indicator)
+        else:
+            self.site = Site("output")
+        fam = family(d)
+        if self.coefficients == "auto":
+            coeffs, fitted_for = COEFFICIENTS.get(fam, ([1.0, 0.0], None))
+            self.poly = np.poly1d(coeffs if fitted_for == self.indicator else [1.0, 0.0])
+        elif self.coefficients == "identity":
+            self.poly = np.poly1d([1.0, 0.0])
+        else:
+            self.poly = np.poly1d(list(self.coefficients))
+        self.family = fam
+        self.compute = Plan(write=frozenset({self.stack, self.site}), label="full")
+
+    def new_state(self) -> TeaState:
+        return TeaState()
+
+    def _forced(self, call) -> bool:
+        return call.step <= max(1, self.warmup_steps) or call.is_last
+
+    def plan(self, call, state: TeaState) -> Plan:
+        if self._forced(call):
+            state.acc = 0.0
+            return self._computed(call, state, first=call.step == 1)
+        if self.indicator == "output":
+            if state.estimate is None:  # no two computed outputs yet: nothing to extrapolate the change from
+                return self._computed(call, state)
+            state.acc += state.estimate
+            if state.acc < self.threshold:
+                return Plan(reuse=frozenset({self.stack}), label="skip")
+            state.acc = 0.0
+            return self._computed(call, state)
+        return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
+                    label="probe")
+
+    def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
+        if self.indicator == "output" and not first:
+            return Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}), label="full")
+        return self.compute
+
+    def decide(self, call, state: TeaState, measured: dict) -> Plan:
+        state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
+        if state.acc < self.threshold:
+            return Plan(reuse=frozenset({self.stack}), start=self.stop, label="skip")
+        state.acc = 0.0
+        return Plan(write=frozenset({self.stack}), start=self.stop, label="full")
+
+    def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:
+        if plan.label != "full":
+            return
+        if self.indicator == "output" and (self.site, "rel_l1") in measured:
+            gap = max(1, call.step - state.previous_computed)
+            state.estimate = float(self.poly(measured[(self.site, "rel_l1")] / gap))
+        state.previous_computed = call.step
+
+
+class DynamicCache(TeaCache):
+    """Alias: FinegrainDynamicCache's results match TeaCache's rule; see ALGORITHMS.md section 7."""
+
+    name = "dynamiccache"
