@@ -1,9 +1,11 @@
 """The denoising loop the benchmarks run: diffusers' FlowMatchEulerDiscreteScheduler with classifier-free
 guidance, calling the transformer exactly as diffusers' pipelines do.
 
-- cfg="separate": two calls per step, cond then uncond, each inside `transformer.cache_context(...)`
-  (WanPipeline, Flux true-CFG). diffusers' cache hooks need those contexts; fxcache detects the streams itself.
-- cfg="batched": one call on `[uncond; cond]` (CogVideoX, PixArt, SD3, Latte pipelines).
+- cfg="separate": diffusers' own `WanPipeline`, assembled from local parts (no tokenizer, text encoder or VAE:
+  `prompt_embeds` in, `output_type="latent"` out). Two calls per step, cond then uncond, each inside
+  `transformer.cache_context(...)`; diffusers' cache hooks need those contexts, fxcache detects the streams itself.
+- cfg="batched": one call on `[uncond; cond]`, the layout of the CogVideoX, PixArt, SD3 and Latte pipelines
+  (a loop written here: WanPipeline has no batched mode).
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ def make_scheduler(shift: float = SHIFT):
 
 def initial_latents(batch: int, seed: int, shape=LATENT_SHAPE) -> torch.Tensor:
     return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+# WanPipeline derives the latent shape from pixel sizes through its (absent) VAE's default factors 4 and 8:
+# 29 frames of 256x256 pixels are the 8 latent frames of 32x32 that the reference model works on.
+PIPELINE_GEOMETRY = dict(num_frames=29, height=256, width=256)
+
+
+def wan_pipeline(transformer, shift: float = SHIFT):
+    from diffusers import WanPipeline
+
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                       scheduler=make_scheduler(shift))
 
 
 def _context(model, name: str):
@@ -51,6 +65,12 @@ def generate(
         raise ValueError(f"cfg must be 'separate' or 'batched', got {cfg!r}")
     batch = prompt_embeds.shape[0]
     latents = initial_latents(batch, seed) if latents is None else latents.clone()
+    if cfg == "separate":
+        pipe = wan_pipeline(transformer, shift)
+        pipe.set_progress_bar_config(disable=not progress, leave=False, desc="denoise")
+        return pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, latents=latents,
+                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                    output_type="latent", return_dict=False, **PIPELINE_GEOMETRY)[0]
     scheduler = make_scheduler(shift)
     scheduler.set_timesteps(num_inference_steps)
     use_cfg = guidance_scale > 1.0 and negative_prompt_embeds is not None
