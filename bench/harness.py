@@ -16,6 +16,11 @@ from fxcache.metrics import psnr, rel_l1, ssim
 
 from .pipeline import generate
 
+# Every compiled method is a separate torch.compile of the same module: Dynamo keeps one cache entry per backend
+# on the module's forward, and past its default limit (8) it would silently run the rest eagerly.
+torch._dynamo.config.recompile_limit = 64
+torch._dynamo.config.accumulated_recompile_limit = 4096
+
 
 @dataclass
 class Method:
@@ -25,6 +30,8 @@ class Method:
     enter: Callable  # (transformer) -> context manager yielding the callable to pass to the pipeline
     cfg: str = "separate"
     stats: Callable | None = None  # (model) -> fxcache Stats-like object with full_steps/steps, or None
+    persistent: bool = True  # entered once for the whole run; False: hooks on the shared transformer, entered
+    # around each generation so that only one such method is active at a time
 
     @property
     def label(self) -> str:
@@ -36,9 +43,9 @@ def fxcache_method(name: str, setting: str = "", compiler: str = "inductor", **o
 
     @contextlib.contextmanager
     def enter(transformer):
-        torch._dynamo.reset()
         yield torch.compile(transformer, fullgraph=True,
-                            backend=fxcache.backend(policy=options.pop("policy", name), compiler=compiler, **options))
+                            backend=fxcache.backend(policy=options.get("policy", name), compiler=compiler,
+                                                    **{k: v for k, v in options.items() if k != "policy"}))
 
     return Method(name, "fxcache", setting, enter, stats=fxcache.stats)
 
@@ -46,7 +53,6 @@ def fxcache_method(name: str, setting: str = "", compiler: str = "inductor", **o
 def uncached_method(compiler: str = "inductor") -> Method:
     @contextlib.contextmanager
     def enter(transformer):
-        torch._dynamo.reset()
         yield transformer if compiler == "eager" else torch.compile(transformer, fullgraph=True)
 
     return Method("uncached", "none", f"torch.compile ({compiler})" if compiler != "eager" else "eager", enter)

@@ -1,0 +1,250 @@
+"""Speed and fidelity of every caching method on the trained reference model, side by side in one run.
+
+    python -m bench.quality            # 50 steps, 8 prompts x 2 seeds, 3 timed repeats -> bench/results/quality.*
+    python -m bench.quality --quick    # CI-sized subset (< 3 min): checks the pipeline end to end, not the numbers
+
+Methods: fxcache's policies at three settings each (Inductor, warm: the first generation compiles and is reported
+apart as `warmup_s`); diffusers' cache hooks and cache-dit, eager, as their users run them (bench/peers.py).
+Speedup is against the uncached run in the same execution mode and CFG layout, in the same process: fxcache
+against uncached `torch.compile` (Inductor), peers against uncached eager (`speedup_vs_eager` puts everything
+on the eager scale). Fidelity (PSNR, SSIM, relative L1 per clip, then averaged) is against the uncached eager
+clips of the same prompt and seed. Timed repeats are interleaved across methods, so noise hits all alike; the
+table gives the median and the min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .calibrate import CALIBRATION_PROMPTS, RATIOS
+from .harness import Method, fxcache_method, markdown_table, plot_pareto, uncached_method
+from .overhead import machine
+from .pipeline import generate
+from .reference.data import all_prompts
+from .reference.judge import score
+from .reference.model import load
+
+RESULTS = Path(__file__).parent / "results"
+PROMPTS = all_prompts()[::6]  # 8 prompts: every shape, color and direction
+
+
+def fxcache_methods(compiler: str) -> list[Method]:
+    ratios = str(RATIOS)
+    m = [
+        fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
+        fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
+        fxcache_method("fbcache", "threshold=0.2", compiler, threshold=0.2),
+        fxcache_method("teacache", "threshold=0.1", compiler, threshold=0.1),
+        fxcache_method("teacache", "threshold=0.2", compiler, threshold=0.2),
+        fxcache_method("teacache", "threshold=0.3", compiler, threshold=0.3),
+        fxcache_method("dynamiccache", "output, threshold=0.1", compiler, indicator="output", threshold=0.1),
+        fxcache_method("dynamiccache", "output, threshold=0.2", compiler, indicator="output", threshold=0.2),
+        fxcache_method("dynamiccache", "output, threshold=0.3", compiler, indicator="output", threshold=0.3),
+        fxcache_method("magcache", "0.06/K3/0.2", compiler, ratios=ratios, threshold=0.06, max_skips=3,
+                       retention=0.2),
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan)", compiler, ratios=ratios),
+        fxcache_method("magcache", "0.24/K6/0.2", compiler, ratios=ratios, threshold=0.24, max_skips=6,
+                       retention=0.2),
+    ]
+    batched = fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)
+    batched.cfg = "batched"
+    return m + [batched]
+
+
+def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
+    from .peers import apply_peer, calibrate_peer, cfg_mode, peer_settings
+
+    out = []
+    cond, uncond = None, None
+    calibrations: dict = {}
+    settings = peer_settings()
+    if quick:  # one of each provider
+        settings = [next(p for p in settings if p.provider == prov) for prov in ("diffusers", "cache-dit")
+                    if any(p.provider == prov for p in settings)]
+    for peer in settings:
+        if peer.method == "magcache" and "magcache" not in calibrations:
+            if cond is None:
+                _, encoder = load()
+                cond, uncond = encoder.encode(CALIBRATION_PROMPTS)
+            calibrations["magcache"] = calibrate_peer(transformer, peer, cond, uncond, num_inference_steps=steps,
+                                                      guidance_scale=guidance)
+
+        def enter(t, peer=peer):
+            return _yielding(apply_peer(t, peer, num_inference_steps=steps,
+                                        calibration=calibrations.get(peer.method)), t)
+
+        out.append(Method(peer.method, peer.provider, peer.setting, enter, cfg=cfg_mode(peer), persistent=False))
+    return out
+
+
+@contextlib.contextmanager
+def _yielding(ctx, transformer):
+    """The peer's hooks live on the transformer itself: the pipeline calls the transformer."""
+    with ctx:
+        yield transformer
+
+
+def run(args) -> list[dict]:
+    transformer, encoder = load()
+    cond, uncond = encoder.encode(PROMPTS)
+    prompts = PROMPTS
+    if args.quick:
+        prompts = PROMPTS[:2]
+        cond, uncond = cond[:2], uncond[:2]
+    compiler = "eager" if args.quick else "inductor"
+    baselines = []  # uncached, in each execution mode and CFG layout; the first is the fidelity reference
+    for mode in ("eager",) + ((compiler,) if compiler != "eager" else ()):
+        for cfg in ("separate", "batched"):
+            b = uncached_method(mode)
+            b.cfg = cfg
+            baselines.append(b)
+    methods = baselines + (fxcache_methods(compiler) if not args.quick else
+                           [fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)])
+    methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
+    if not RATIOS.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
+        from .calibrate import calibrate_magcache
+
+        calibrate_magcache(steps=args.steps)
+
+    log = print if not args.quiet else (lambda *_: None)
+    log(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "
+        f"{args.repeats} timed repeats (seed {args.seeds[0]}), {torch.get_num_threads()} threads")
+    contexts = contextlib.ExitStack()
+    outputs: list[dict] = []
+    warmup: list[float] = []
+    times = [[] for _ in methods]
+    full = [[] for _ in methods]
+    probe_module = transformer.blocks[-1].attn1.to_q
+    with contexts:
+        persistent = {i: contexts.enter_context(m.enter(transformer)) for i, m in enumerate(methods) if m.persistent}
+
+        @contextlib.contextmanager
+        def model_of(i):
+            if i in persistent:
+                yield persistent[i]
+            else:
+                with methods[i].enter(transformer) as model:
+                    yield model
+
+        computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
+
+        def count(*_):
+            computed[0] += 1
+
+        def gen(model, m, seed):
+            return generate(model, cond, uncond, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                            seed=seed, cfg=m.cfg)
+
+        for i, m in enumerate(methods):  # warm-up: compiles, and gives every clip for the fidelity numbers
+            t0 = time.perf_counter()
+            with model_of(i) as model:
+                outputs.append({s: gen(model, m, s) for s in args.seeds})
+            warmup.append(time.perf_counter() - t0)
+            log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")
+        for rep in range(args.repeats):
+            for i, m in enumerate(methods):
+                with model_of(i) as model:
+                    before = m.stats(model) if m.stats else None
+                    hook = None if m.persistent else probe_module.register_forward_pre_hook(count)
+                    computed[0] = 0
+                    t0 = time.perf_counter()
+                    out = gen(model, m, args.seeds[0])
+                    times[i].append(time.perf_counter() - t0)
+                    if hook is not None:
+                        hook.remove()
+                        full[i].append(computed[0] / (2 if m.cfg == "separate" else 1))
+                    if not torch.equal(out, outputs[i][args.seeds[0]]):
+                        raise RuntimeError(f"{m.label}: a repeated generation differs from the first")
+                    if before is not None:
+                        after = m.stats(model)
+                        streams = 2 if m.cfg == "separate" else 1
+                        full[i].append((after.full_steps - before.full_steps) / streams)
+            log(f"  repeat {rep + 1}/{args.repeats} done")
+    return _rows(methods, outputs, times, full, warmup, baselines, compiler, args)
+
+
+def _rows(methods, outputs, times, full, warmup, baselines, compiler, args) -> list[dict]:
+    from fxcache.metrics import psnr, rel_l1, ssim
+
+    ref = outputs[0]  # uncached eager, separate CFG: the model's own output
+    base = {(b.provider, b.setting, b.cfg): statistics.median(times[methods.index(b)]) for b in baselines}
+    eager_base = {b.cfg: statistics.median(times[methods.index(b)]) for b in baselines if b.setting == "eager"}
+    rows = []
+    for i, m in enumerate(methods):
+        compiled = compiler != "eager" and (m.provider == "fxcache" or (m.provider == "none" and m.setting != "eager"))
+        mode = "compiled" if compiled else "eager"
+        key = next((b.provider, b.setting, b.cfg) for b in baselines
+                   if b.cfg == m.cfg and (b.setting == "eager") == (mode == "eager"))
+        clips = [(a, b) for s in args.seeds for a, b in zip(outputs[i][s], ref[s])]
+        ps = [psnr(a, b) for a, b in clips]
+        finite = [p for p in ps if p != float("inf")]
+        t = times[i]
+        rows.append({
+            "method": m.name, "provider": m.provider, "setting": m.setting, "cfg": m.cfg, "mode": mode,
+            "time_median_s": statistics.median(t), "time_min_s": min(t), "time_max_s": max(t),
+            "speedup": base[key] / statistics.median(t), "speedup_min": base[key] / max(t),
+            "speedup_max": base[key] / min(t), "speedup_vs_eager": eager_base[m.cfg] / statistics.median(t),
+            "psnr_mean": statistics.mean(finite) if finite else float("inf"), "psnr_min": min(ps),
+            "ssim_mean": statistics.mean(ssim(a[None], b[None]) for a, b in clips),
+            "rel_l1_mean": statistics.mean(rel_l1(a, b) for a, b in clips),
+            "full_steps_mean": statistics.mean(full[i]) if full[i] else (args.steps if m.provider == "none" else None),
+            "warmup_s": warmup[i],
+        })
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.seeds, args.repeats = 6, [0], 1
+    out = args.out or (Path("out/quality-quick") if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    rows = run(args)
+    transformer, encoder = load()
+    judged = None
+    if not args.quick:
+        cond, uncond = encoder.encode(PROMPTS)
+        clips = generate(transformer, cond, uncond, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                         seed=args.seeds[0])
+        judged = {k: v for k, v in score(clips, PROMPTS).items() if k != "verdicts"}
+    from .peers import cachedit_status
+
+    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+            "guidance": args.guidance, "prompts": [str(p) for p in (PROMPTS[:2] if args.quick else PROMPTS)],
+            "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
+            "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
+            "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
+    (out / "quality.json").write_text(json.dumps({"meta": meta, "records": rows}, indent=2) + "\n")
+    table = markdown_table(rows)
+    (out / "quality.md").write_text(
+        f"# Speed and fidelity on the reference model (`{meta['command']}`)\n\n"
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['threads']} torch threads, "
+        f"no GPU; torch {meta['machine']['torch']}; {meta['date']}. {args.steps} steps, CFG {args.guidance}, "
+        f"{len(meta['prompts'])} prompts x {len(args.seeds)} seeds; times are whole generations of the "
+        f"{len(meta['prompts'])} prompts (seed {args.seeds[0]}), median [min-max] of {args.repeats} interleaved "
+        f"repeats. Speedup: fxcache vs uncached torch.compile, peers vs uncached eager, same CFG layout. "
+        f"Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n{table}\n")
+    plot_pareto(rows, out / "pareto.png", f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
+    print(table)
+    print(f"wrote {out}/quality.json, quality.md, pareto.png in {time.time() - t0:.0f} s")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
