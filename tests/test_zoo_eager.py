@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo import CORE, ZOO
+from .zoo import CORE, ZOO
 
 torch.set_num_threads(1)
 

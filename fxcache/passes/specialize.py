@@ -16,12 +16,14 @@ Inputs and outputs are described by keys, which the runtime uses to wire tensors
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
 from ..plan import Plan, Site
+from ..triton_kernels import rel_l1_sums
 from .discover import Discovery
 
 
@@ -127,11 +129,10 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             r = g.call_method("float", (ref,))
             b = g.call_method("size", (x, 0))
             for metric in measured[site]:
-                if metric == "rel_l1":  # sum|x - ref| and sum|ref|
-                    diff = g.call_method("reshape", (g.call_function(torch.sub, (x, r)), b, -1))
-                    emit(("num", site), g.call_method("sum", (g.call_method("abs", (diff,)), 1)))
-                    rr = g.call_method("reshape", (r, b, -1))
-                    emit(("den", site), g.call_method("sum", (g.call_method("abs", (rr,)), 1)))
+                if metric == "rel_l1":  # sum|x - ref| and sum|ref|, one fused pass (fxcache.triton_kernels)
+                    sums = g.call_function(rel_l1_sums, (vals[0], ref))
+                    emit(("num", site), g.call_function(operator.getitem, (sums, 0)))
+                    emit(("den", site), g.call_function(operator.getitem, (sums, 1)))
                 elif metric == "mag_ratio":  # MagCache: mean over tokens of |x|_2 / |ref|_2 over channels
                     nx = g.call_function(torch.linalg.vector_norm, (x,), {"dim": -1})
                     nr = g.call_function(torch.linalg.vector_norm, (r,), {"dim": -1})
