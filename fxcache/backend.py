@@ -18,12 +18,6 @@ from .runtime.executor import Runtime
 from .runtime.variants import inner_compile
 
 DEFAULT_POLICY = "fbcache"
-COMMON = {
-    "policy": "one of fxcache.POLICIES",
-    "compiler": "'inductor' (default) or 'eager'",
-    "num_steps": "number of denoising steps, if known (lets policies force the last step)",
-    "max_variants": "how many compiled variants to keep (default 16)",
-}
 COMPILERS = ("inductor", "eager")
 
 # Runtimes alive, so that fxcache.stats(model) can find the ones compiled from `model`'s parameters.

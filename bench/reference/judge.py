@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import BACKGROUND, COLORS, DIRECTIONS, SHAPES, SIZE, Prompt, render
+from .data import BACKGROUND, COLORS, SHAPES, SIZE, Prompt, render
 
 
 @dataclass

@@ -147,12 +147,12 @@ def _placeholder_name(n: fx.Node) -> str:
     return (src.name if src is not None and hasattr(src, "name") else n.name).lower()
 
 
-def _find_input(placeholders, example, words) -> int | None:
+def _find_input(placeholders, example, words, unless=()) -> int | None:
     for i, n in enumerate(placeholders):
         if isinstance(example[i], torch.nn.Parameter):
             continue
         name = _placeholder_name(n)
-        if any(w in name for w in words):
+        if any(w in name for w in words) and not any(u in name for u in unless):
             return i
     return None
 
@@ -197,7 +197,8 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
 
     d = Discovery(nodes=nodes, pos=pos, units=units, cuts=cuts, streams=streams,
                   timestep=_find_input(placeholders, example_inputs, ("timestep", "sigma", "['t']")),
-                  hidden=_find_input(placeholders, example_inputs, ("hidden_states", "sample", "latent", "['x']")),
+                  hidden=_find_input(placeholders, example_inputs, ("hidden_states", "sample", "latent", "['x']"),
+                                     unless=("encoder",)),
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
                   last_use=last_use, placeholders=placeholders)
     d.indicators = _indicators(d)

@@ -5,6 +5,8 @@ from .fbcache import FBCache
 from .magcache import MagCache
 from .teacache import DynamicCache, TeaCache
 
+__all__ = ["POLICIES", "Param", "Policy", "Unsupported"]
+
 POLICIES: dict[str, type[Policy]] = {
     "none": NoCache,
     "fbcache": FBCache,

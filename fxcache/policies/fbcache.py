@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..plan import FULL, Plan, Stop, residual
+from ..plan import Plan, Stop, residual
 from .base import Param, Policy, Unsupported, non_negative, positive
 
 

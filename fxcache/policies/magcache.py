@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..families import family
-from ..plan import FULL, Plan, residual
+from ..plan import Plan, residual
 from .base import Param, Policy, Unsupported, fraction, non_negative, positive
 
 DEFAULTS = {"wan": (0.12, 2, 0.2), "flux": (0.24, 5, 0.1), "hunyuanvideo": (0.24, 6, 0.2)}

@@ -6,7 +6,6 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-import torch
 import torch.fx as fx
 
 from ..passes.specialize import Variant, specialize
