@@ -8,6 +8,7 @@ tests/test_engine.py), with the final output's relative L1 distance to the uncac
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +38,8 @@ def row(name: str) -> str:
         diff = float((first(cm(**kw)) - first(model(**kw))).abs().max())
     runtimes = fxcache.runtimes_of(cm)
     lists = ", ".join(f"{k.split('.')[-1]} x{v}" for r in runtimes for k, v in r.discovery.block_lists().items())
+    del cm, runtimes  # stats(model) counts every live runtime compiled from these parameters
+    gc.collect()
     cells = []
     for label, options in CACHING.items():
         options = dict(options)
@@ -52,6 +55,8 @@ def row(name: str) -> str:
             c = torch.compile(model, backend="fxcache", fullgraph=fullgraph, options={**options, "compiler": "eager"})
             out = denoise(c, entry)
         s = fxcache.stats(c)
+        del c
+        gc.collect()
         cells.append(f"{s.skipped_steps}/{s.steps} ({rel_l1(out, ref):.3f})" if s.steps else "not cached")
     return (f"| {name} | {lists or 'none found (plain compile)'} | {'fullgraph' if fullgraph else 'graph breaks'} "
             f"| {diff:.1e} | " + " | ".join(cells) + " |")

@@ -74,6 +74,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--export-every", type=int, default=1000)
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--export-only", action="store_true", help="write weights, loss curve and samples of the "
+                    "checkpoint, then stop")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +97,9 @@ def main(argv=None) -> None:
         opt.load_state_dict(ck["opt"])
         step, history = ck["step"], ck["history"]
         print(f"resumed at step {step}")
+    if args.export_only:
+        export(ema_model, ema_encoder, history, step, args)
+        return
 
     log = (CKPT / "loss.csv").open("a", newline="")
     writer = csv.writer(log)
