@@ -9,6 +9,8 @@ than with (variants x blocks). The price is that Inductor does not fuse across a
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Callable
 
 import torch
@@ -42,8 +44,23 @@ class _LazyPiece(torch.nn.Module):
 
     def forward(self, *args):
         if self.fn is None:
-            self.fn = self.compile_fn(self.gm, list(args))
+            try:
+                # Inductor may edit the graph it is given: hand it a copy, keep the original for the fallback.
+                self.fn = self.compile_fn(fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph)), list(args))
+            except Exception as e:  # noqa: BLE001 - a piece Inductor cannot take still runs, eagerly
+                _warn_once(f"fxcache: Inductor could not compile a piece of the graph ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200]}); running that piece eagerly")
+                self.fn = self.gm
         return self.fn(*args)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def compile_piecewise(gm: fx.GraphModule, compile_fn: Callable) -> Callable:
