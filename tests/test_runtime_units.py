@@ -77,3 +77,15 @@ def test_probe_outputs_what_continuations_need():
                  Plan(reuse=frozenset({Site("residual", 1, d.num_units)}), start=Stop("cut", 1))):
         needed = {k[1] for k in specialize(gm, d, plan).inputs if k[0] == "val"}
         assert needed <= produced
+
+
+def test_streams_of_different_shapes_are_not_new_generations():
+    """QwenImage trims each prompt to its own length: cond and uncond calls differ in shape every step."""
+    s = _streams()
+    seen = []
+    for t in (999.0, 950.0, 900.0):
+        for shape in ((1, 6), (1, 5)):
+            st = s.resolve(_args(t, shape=shape))
+            seen.append((st.name, st.step))
+    assert seen == [("stream0", 1), ("stream1", 1), ("stream0", 2), ("stream1", 2),
+                                                   ("stream0", 3), ("stream1", 3)]

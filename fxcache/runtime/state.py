@@ -4,8 +4,9 @@ A *stream* is one sequence of calls whose activations resemble each other step t
 unconditional branch when a pipeline calls the model twice per step (Wan, Flux true-CFG). Calls at the same
 timestep as the previous call are further streams of the same step; `fxcache.context(name)` names them explicitly.
 A new *generation* starts when the timestep turns back (goes up, for the usual 1000 -> 0 schedules; down for
-models that count the other way, like Mochi, which a generation's first two steps reveal) or the input shapes
-change; it starts from a clean state.
+models that count the other way, like Mochi, which a generation's first two steps reveal) or a stream's input
+shapes change (cond and uncond may differ in shape, e.g. QwenImage trims each prompt to its own length); it
+starts from a clean state.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class StreamState:
     step: int = 0  # 1-based index of the current call within this stream's generation
     cache: dict = field(default_factory=dict)  # Site -> tuple of tensors (buffers the runtime owns)
     policy: Any = None  # the policy's own per-stream state
+    shapes: tuple = ()
 
     def store(self, site, values) -> None:
         old = self.cache.get(site)
@@ -56,14 +58,12 @@ class Streams:
         self.new_policy_state = new_policy_state
         self.states: dict[str, StreamState] = {}
         self.generation = 0
-        self._shapes = None
         self._last_t: float | None = None
         self._direction = 0  # -1: timesteps fall (1000 -> 0), +1: they rise; 0: not known yet
         self._position = 0
 
     def reset(self) -> None:
         self.states.clear()
-        self._shapes = None
         self._last_t = None
         self._direction = 0
         self._position = 0
@@ -75,19 +75,18 @@ class Streams:
             ts = args[self.timestep_index]
             t = float(ts.reshape(-1)[0]) if isinstance(ts, torch.Tensor) else float(ts)
         move = 0 if t is None or self._last_t is None or t == self._last_t else (1 if t > self._last_t else -1)
-        if shapes != self._shapes or (move and self._direction and move != self._direction):
+        position = self._position + 1 if (t is not None and t == self._last_t) else 0
+        name = _CONTEXT.get() or f"stream{position}"
+        known = self.states.get(name)
+        if (move and self._direction and move != self._direction) or (known is not None and known.shapes != shapes):
             self.states.clear()
             self.generation += 1
-            self._shapes = shapes
-            self._last_t = None
             self._direction = move = 0
         elif move and not self._direction:
             self._direction = move
-        self._position = self._position + 1 if (t is not None and t == self._last_t) else 0
-        self._last_t = t
-        name = _CONTEXT.get() or f"stream{self._position}"
+        self._position, self._last_t = position, t
         st = self.states.get(name)
         if st is None:
-            st = self.states[name] = StreamState(name, policy=self.new_policy_state())
+            st = self.states[name] = StreamState(name, policy=self.new_policy_state(), shapes=shapes)
         st.step += 1
         return st
