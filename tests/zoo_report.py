@@ -40,9 +40,15 @@ def row(name: str) -> str:
     lists = ", ".join(f"{k.split('.')[-1]} x{v}" for r in runtimes for k, v in r.discovery.block_lists().items())
     del cm, runtimes  # stats(model) counts every live runtime compiled from these parameters
     gc.collect()
-    cells = []
-    for label, options in CACHING.items():
-        options = dict(options)
+    cells = [cell(model, entry, ref, options, fullgraph) for options in CACHING.values()]
+    return (f"| {name} | {lists or 'none found (plain compile)'} | {'fullgraph' if fullgraph else 'graph breaks'} "
+            f"| {diff:.1e} | " + " | ".join(cells) + " |")
+
+
+def cell(model, entry, ref, options, fullgraph) -> str:
+    """Skipped calls / all calls (relative L1 of the final output) for one policy setting."""
+    options = dict(options)
+    try:
         torch._dynamo.reset()
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -50,6 +56,8 @@ def row(name: str) -> str:
                 ratios = str(Path(tmp) / "r.json")
                 denoise(torch.compile(model, backend="fxcache", fullgraph=fullgraph,
                                       options={"policy": "magcache", "calibrate": ratios, "compiler": "eager"}), entry)
+                if not Path(ratios).exists():
+                    return "not cached"
                 options["ratios"] = ratios
                 torch._dynamo.reset()
             c = torch.compile(model, backend="fxcache", fullgraph=fullgraph, options={**options, "compiler": "eager"})
@@ -57,9 +65,9 @@ def row(name: str) -> str:
         s = fxcache.stats(c)
         del c
         gc.collect()
-        cells.append(f"{s.skipped_steps}/{s.steps} ({rel_l1(out, ref):.3f})" if s.steps else "not cached")
-    return (f"| {name} | {lists or 'none found (plain compile)'} | {'fullgraph' if fullgraph else 'graph breaks'} "
-            f"| {diff:.1e} | " + " | ".join(cells) + " |")
+        return f"{s.skipped_steps}/{s.steps} ({rel_l1(out, ref):.3f})" if s.steps else "not cached"
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return f"error: {type(e).__name__}"
 
 
 def main(argv=None) -> str:
