@@ -98,7 +98,7 @@ def run(args) -> list[dict]:
     if args.quick:
         prompts = PROMPTS[:2]
         cond, uncond = cond[:2], uncond[:2]
-    compiler = "eager" if args.quick else "inductor"
+    compiler = "eager" if args.quick else args.compiler
     baselines = []  # uncached, in each execution mode and CFG layout; the first is the fidelity reference
     for mode in ("eager",) + ((compiler,) if compiler != "eager" else ()):
         for cfg in ("separate", "batched"):
@@ -206,6 +206,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
+                    help="fxcache's inner compiler (eager: no compile time, for debugging)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", type=Path, default=None)

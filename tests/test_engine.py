@@ -193,3 +193,15 @@ def test_graph_breaks_cache_where_the_blocks_are(models):
     s = fxcache.stats(cm)
     assert s.steps > 0 and s.skipped_steps > 0
     assert rel_l1(out, ref) < TOLERANCE
+
+
+def test_dynamic_shapes_with_inductor(models):
+    """dynamic=True (or Dynamo's automatic dynamic shapes after a batch-size change) adds size inputs such as
+    L['timestep'].size()[0] to the graph: the timestep must still be found, and symbolic variants compile."""
+    entry, model, ref = models("wan")
+    cm = torch.compile(model, backend="fxcache", dynamic=True,
+                       options={"policy": "teacache", "threshold": 0.3, "compiler": "inductor"})
+    out = denoise(cm, entry)
+    s = fxcache.stats(cm)
+    assert s.skipped_steps > 0 and [d["step"] for d in s.decisions[:4]] == [1, 1, 2, 2]
+    assert rel_l1(out, ref) < TOLERANCE

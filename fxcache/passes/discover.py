@@ -149,7 +149,8 @@ def _placeholder_name(n: fx.Node) -> str:
 
 def _find_input(placeholders, example, words, unless=()) -> int | None:
     for i, n in enumerate(placeholders):
-        if isinstance(example[i], torch.nn.Parameter):
+        # Only tensors: under dynamic shapes the graph also takes sizes such as L['timestep'].size()[0].
+        if isinstance(example[i], torch.nn.Parameter) or not isinstance(example[i], torch.Tensor):
             continue
         name = _placeholder_name(n)
         if any(w in name for w in words) and not any(u in name for u in unless):

@@ -68,7 +68,10 @@ def compile_piecewise(gm: fx.GraphModule, compile_fn: Callable) -> Callable:
     parts = partition(gm)
     if len(set(parts.values())) <= 1:
         return _LazyPiece(gm, compile_fn)
-    split = split_module(gm, None, lambda n: parts[n], keep_original_order=True)
+    try:
+        split = split_module(gm, None, lambda n: parts[n], keep_original_order=True)
+    except KeyError:  # symbolic sizes (dynamic=True graphs) whose symbols split_module cannot place: one piece
+        return _LazyPiece(gm, compile_fn)
     for name, sub in list(split.named_children()):
         setattr(split, name, _LazyPiece(sub, compile_fn))
     return split
