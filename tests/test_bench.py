@@ -31,13 +31,15 @@ def reference():
 
 
 def test_wan_pipeline_matches_batched_loop(reference):
-    """diffusers' WanPipeline (separate cond/uncond calls) and the batched-CFG loop compute the same thing."""
+    """diffusers' WanPipeline (separate cond/uncond calls) and the batched-CFG loop compute the same thing. Batch 2
+    and batch 4 take different fp32 GEMM paths, so 6 steps differ by ~1e-4 at most (measured 1.4e-4 in 1 of 49152
+    elements); a real layout bug (halves swapped, wrong guidance) differs by O(1)."""
     model, encoder = reference
     cond, uncond = encoder.encode(all_prompts()[:2])
     a = generate(model, cond, uncond, num_inference_steps=6, seed=3, cfg="separate")
     b = generate(model, cond, uncond, num_inference_steps=6, seed=3, cfg="batched")
     assert a.shape == initial_latents(2, 3).shape
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
 @pytest.fixture(scope="module")
