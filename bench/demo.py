@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .calibrate import RATIOS
-from .harness import fxcache_method, markdown_table, plot_pareto, run_methods, summarize, uncached_method
+from .harness import fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
 from .reference.data import Prompt
 from .reference.judge import score
 from .reference.model import load
@@ -36,19 +36,19 @@ def methods(compiler: str):
     ]
 
 
-def save_grid(results, rows, path: Path) -> None:
+def save_grid(methods, outputs, table, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(3.3 * len(results), 2.2 + 0.55 * len(PROMPTS)))
-    for ax, r, row in zip(axes, results, rows):
-        ax.imshow(clips_to_rows(r.outputs[0], scale=2))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods), 2.2 + 0.55 * len(PROMPTS)))
+    for ax, m, out, row in zip(axes, methods, outputs, table):
+        ax.imshow(clips_to_rows(out[0], scale=2))
         ax.set_xticks([])
         ax.set_yticks([])
         psnr = "" if row["provider"] == "none" else f"\n{row['psnr_mean']:.1f} dB, {row['speedup']:.2f}x"
-        ax.set_title(f"{r.method.label}{psnr}", fontsize=7)
+        ax.set_title(f"{m.label}{psnr}", fontsize=7)
     axes[0].set_yticks([(i + 0.5) * 68 for i in range(len(PROMPTS))], [str(p) for p in PROMPTS], fontsize=7)
     fig.suptitle("8 frames per clip, left to right; uncached first", fontsize=8)
     fig.tight_layout()
@@ -75,16 +75,16 @@ def main(argv=None) -> None:
     print(f"reference Wan DiT, {len(PROMPTS)} prompts, {args.steps} steps, CFG {args.guidance} "
           f"(diffusers WanPipeline, separate cond/uncond calls), {torch.get_num_threads()} threads")
     ms = methods(args.compiler)
-    results = run_methods(ms, model, cond, uncond, [0], steps=args.steps, guidance=args.guidance,
-                          repeats=args.repeats, progress=print)
-    rows = summarize(results, results[0])
+    outputs, times, full, warmup = measure(ms, model, cond, uncond, seeds=[0], steps=args.steps,
+                                           guidance=args.guidance, repeats=args.repeats)
+    table = rows(ms, outputs, times, full, warmup, ms[:1], args.compiler, args.steps, [0])
     print()
-    print(markdown_table(rows))
-    judged = score(results[0].outputs[0], PROMPTS)
+    print(markdown_table(table))
+    judged = score(outputs[0][0], PROMPTS)
     print(f"\njudge on the uncached clips: color {judged['color']:.0%}, direction {judged['direction']:.0%}, "
           f"shape {judged['shape']:.0%}")
-    save_grid(results, rows, args.out / "demo.png")
-    plot_pareto(rows, args.out / "pareto.png", f"reference Wan DiT, {args.steps} steps, {len(PROMPTS)} prompts")
+    save_grid(ms, outputs, table, args.out / "demo.png")
+    plot_pareto(table, args.out / "pareto.png", f"reference Wan DiT, {args.steps} steps, {len(PROMPTS)} prompts")
     print(f"wrote {args.out / 'demo.png'} and {args.out / 'pareto.png'} in {time.time() - t_start:.0f} s")
 
 

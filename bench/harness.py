@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -61,87 +61,93 @@ def uncached_method(compiler: str = "inductor") -> Method:
     return Method("uncached", "none", f"torch.compile ({compiler})" if compiler != "eager" else "eager", enter)
 
 
-@dataclass
-class Result:
-    method: Method
-    times: list = field(default_factory=list)
-    compile_s: float = 0.0
-    outputs: dict = field(default_factory=dict)  # seed -> clips
-    full_steps: list = field(default_factory=list)
+def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: int, guidance: float,
+            repeats: int, log=print) -> tuple[list, list, list, list]:
+    """Warm every method up over all seeds (its first generation compiles: `warmup` s, reported apart; these
+    clips give the fidelity numbers), then time `repeats` rounds of one generation (seed seeds[0]) per method,
+    interleaved so that machine noise hits all alike. Returns (outputs, times, full_steps, warmup) per method."""
+    contexts = contextlib.ExitStack()
+    outputs: list[dict] = []
+    warmup: list[float] = []
+    times = [[] for _ in methods]
+    full = [[] for _ in methods]
+    probe_module = transformer.blocks[-1].attn1.to_q
+    with contexts:
+        persistent = {i: contexts.enter_context(m.enter(transformer)) for i, m in enumerate(methods) if m.persistent}
 
+        @contextlib.contextmanager
+        def model_of(i):
+            if i in persistent:
+                yield persistent[i]
+            else:
+                with methods[i].enter(transformer) as model:
+                    yield model
 
-def run_methods(methods: list[Method], transformer, cond, uncond, seeds, *, steps: int, guidance: float,
-                repeats: int, progress=None) -> list[Result]:
-    """Warm each method up (its first generation compiles; that time is reported apart), then time `repeats`
-    rounds, each round running every method once over all seeds, so that machine noise hits all alike."""
-    results = [Result(m) for m in methods]
-    stacks = []
-    models = []
-    for r in results:  # enter every method once; the contexts stay open for the whole run
-        stack = contextlib.ExitStack()
-        models.append(stack.enter_context(r.method.enter(transformer)))
-        stacks.append(stack)
-    try:
-        for r, model in zip(results, models):
+        computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
+
+        def count(*_):
+            computed[0] += 1
+
+        def gen(model, m, seed):
+            return generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
+                            seed=seed, cfg=m.cfg)
+
+        for i, m in enumerate(methods):  # warm-up: compiles, and gives every clip for the fidelity numbers
             t0 = time.perf_counter()
-            for seed in seeds:
-                r.outputs[seed] = generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
-                                           seed=seed, cfg=r.method.cfg)
-            r.compile_s = time.perf_counter() - t0
-            if progress:
-                progress(f"warm-up {r.method.label}: {r.compile_s:.1f} s")
+            with model_of(i) as model:
+                outputs.append({s: gen(model, m, s) for s in seeds})
+            warmup.append(time.perf_counter() - t0)
+            log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")
         for rep in range(repeats):
-            for r, model in zip(results, models):
-                before = _full_steps(r, model)
-                t0 = time.perf_counter()
-                for seed in seeds:
-                    out = generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
-                                   seed=seed, cfg=r.method.cfg)
-                    if not torch.equal(out, r.outputs[seed]):
-                        raise RuntimeError(f"{r.method.label}: generation is not deterministic")
-                r.times.append(time.perf_counter() - t0)
-                after = _full_steps(r, model)
-                if before is not None:
-                    r.full_steps.append((after[0] - before[0]) / len(seeds) / max(1, after[2]))
-                if progress:
-                    progress(f"repeat {rep + 1}/{repeats} {r.method.label}: {r.times[-1]:.2f} s")
-    finally:
-        for stack in stacks:
-            stack.close()
-    return results
+            for i, m in enumerate(methods):
+                with model_of(i) as model:
+                    before = m.stats(model) if m.stats else None
+                    hook = None if m.persistent else probe_module.register_forward_pre_hook(count)
+                    computed[0] = 0
+                    t0 = time.perf_counter()
+                    out = gen(model, m, seeds[0])
+                    times[i].append(time.perf_counter() - t0)
+                    if hook is not None:
+                        hook.remove()
+                        full[i].append(computed[0] / (2 if m.cfg == "separate" else 1))
+                    if not torch.equal(out, outputs[i][seeds[0]]):
+                        raise RuntimeError(f"{m.label}: a repeated generation differs from the first")
+                    if before is not None:
+                        after = m.stats(model)
+                        streams = 2 if m.cfg == "separate" else 1
+                        full[i].append((after.full_steps - before.full_steps) / streams)
+            log(f"  repeat {rep + 1}/{repeats} done")
+    return outputs, times, full, warmup
 
 
-def _full_steps(r: Result, model):
-    """(full steps, steps, streams) so far, from fxcache's stats or a method's own counter."""
-    if r.method.stats is None:
-        return None
-    s = r.method.stats(model)
-    streams = len({d["stream"] for d in s.decisions}) or 1
-    return s.full_steps, s.steps, streams
-
-
-def summarize(results: list[Result], reference: Result) -> list[dict]:
-    base = statistics.median(reference.times)
-    rows = []
-    for r in results:
-        # One value per generated clip (prompt x seed), against the uncached clip of the same prompt and seed.
-        pairs = [(a, b) for s in sorted(r.outputs) for a, b in zip(r.outputs[s], reference.outputs[s])]
-        ps = [psnr(a, b) for a, b in pairs]
-        ss = [ssim(a[None], b[None]) for a, b in pairs]
-        rl = [rel_l1(a, b) for a, b in pairs]
+def rows(methods, outputs, times, full, warmup, baselines, compiler: str, steps: int, seeds) -> list[dict]:
+    """One record per method: time median/min/max, speedup against the uncached baseline of the same
+    execution mode and CFG layout, fidelity per clip against the first baseline's clips."""
+    ref = outputs[0]  # the first baseline's clips (the bench's: uncached eager, separate CFG)
+    base = {(b.provider, b.setting, b.cfg): statistics.median(times[methods.index(b)]) for b in baselines}
+    eager_base = {b.cfg: statistics.median(times[methods.index(b)]) for b in baselines if b.setting == "eager"}
+    out = []
+    for i, m in enumerate(methods):
+        compiled = compiler != "eager" and (m.provider == "fxcache" or (m.provider == "none" and m.setting != "eager"))
+        mode = "compiled" if compiled else "eager"
+        key = next((b.provider, b.setting, b.cfg) for b in baselines
+                   if b.cfg == m.cfg and (b.setting == "eager") == (mode == "eager"))
+        clips = [(a, b) for s in seeds for a, b in zip(outputs[i][s], ref[s])]
+        ps = [psnr(a, b) for a, b in clips]
         finite = [p for p in ps if p != float("inf")]
-        rows.append({
-            "method": r.method.name, "provider": r.method.provider, "setting": r.method.setting,
-            "cfg": r.method.cfg,
-            "time_median_s": statistics.median(r.times), "time_min_s": min(r.times), "time_max_s": max(r.times),
-            "speedup": base / statistics.median(r.times),
-            "speedup_min": base / max(r.times), "speedup_max": base / min(r.times),
-            "psnr_mean": statistics.mean(finite) if finite else float("inf"),
-            "psnr_min": min(ps), "ssim_mean": statistics.mean(ss), "rel_l1_mean": statistics.mean(rl),
-            "full_steps_mean": statistics.mean(r.full_steps) if r.full_steps else None,
-            "warmup_s": r.compile_s,
+        t = times[i]
+        out.append({
+            "method": m.name, "provider": m.provider, "setting": m.setting, "cfg": m.cfg, "mode": mode,
+            "time_median_s": statistics.median(t), "time_min_s": min(t), "time_max_s": max(t),
+            "speedup": base[key] / statistics.median(t), "speedup_min": base[key] / max(t),
+            "speedup_max": base[key] / min(t), "speedup_vs_eager": (eager_base[m.cfg] / statistics.median(t)) if m.cfg in eager_base else None,
+            "psnr_mean": statistics.mean(finite) if finite else float("inf"), "psnr_min": min(ps),
+            "ssim_mean": statistics.mean(ssim(a[None], b[None]) for a, b in clips),
+            "rel_l1_mean": statistics.mean(rel_l1(a, b) for a, b in clips),
+            "full_steps_mean": statistics.mean(full[i]) if full[i] else (steps if m.provider == "none" else None),
+            "warmup_s": warmup[i],
         })
-    return rows
+    return out
 
 
 def plot_pareto(rows: list[dict], path, title: str) -> None:

@@ -82,15 +82,9 @@ def generate(
                               return_dict=False)[0]
             uncond, cond = out.chunk(2)
             noise_pred = uncond + guidance_scale * (cond - uncond)
-        else:
-            timestep = t.expand(batch)
+        else:  # no guidance (separate-CFG generation returned through WanPipeline above)
             with _context(transformer, "cond"):
-                noise_pred = transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds,
-                                         return_dict=False)[0]
-            if use_cfg:
-                with _context(transformer, "uncond"):
-                    uncond = transformer(hidden_states=latents, timestep=timestep,
-                                         encoder_hidden_states=negative_prompt_embeds, return_dict=False)[0]
-                noise_pred = uncond + guidance_scale * (noise_pred - uncond)
+                noise_pred = transformer(hidden_states=latents, timestep=t.expand(batch),
+                                         encoder_hidden_states=prompt_embeds, return_dict=False)[0]
         latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
     return latents

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from .calibrate import CALIBRATION_PROMPTS, RATIOS
-from .harness import Method, fxcache_method, markdown_table, plot_pareto, uncached_method
+from .harness import Method, fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
 from .overhead import machine
 from .pipeline import generate
 from .reference.data import all_prompts
@@ -113,91 +112,13 @@ def run(args) -> list[dict]:
 
         calibrate_magcache(steps=args.steps)
 
-    log = print if not args.quiet else (lambda *_: None)
-    log(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "
+    print_ = print if not args.quiet else (lambda *_: None)
+    print_(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "
         f"{args.repeats} timed repeats (seed {args.seeds[0]}), {torch.get_num_threads()} threads")
-    contexts = contextlib.ExitStack()
-    outputs: list[dict] = []
-    warmup: list[float] = []
-    times = [[] for _ in methods]
-    full = [[] for _ in methods]
-    probe_module = transformer.blocks[-1].attn1.to_q
-    with contexts:
-        persistent = {i: contexts.enter_context(m.enter(transformer)) for i, m in enumerate(methods) if m.persistent}
-
-        @contextlib.contextmanager
-        def model_of(i):
-            if i in persistent:
-                yield persistent[i]
-            else:
-                with methods[i].enter(transformer) as model:
-                    yield model
-
-        computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
-
-        def count(*_):
-            computed[0] += 1
-
-        def gen(model, m, seed):
-            return generate(model, cond, uncond, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                            seed=seed, cfg=m.cfg)
-
-        for i, m in enumerate(methods):  # warm-up: compiles, and gives every clip for the fidelity numbers
-            t0 = time.perf_counter()
-            with model_of(i) as model:
-                outputs.append({s: gen(model, m, s) for s in args.seeds})
-            warmup.append(time.perf_counter() - t0)
-            log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")
-        for rep in range(args.repeats):
-            for i, m in enumerate(methods):
-                with model_of(i) as model:
-                    before = m.stats(model) if m.stats else None
-                    hook = None if m.persistent else probe_module.register_forward_pre_hook(count)
-                    computed[0] = 0
-                    t0 = time.perf_counter()
-                    out = gen(model, m, args.seeds[0])
-                    times[i].append(time.perf_counter() - t0)
-                    if hook is not None:
-                        hook.remove()
-                        full[i].append(computed[0] / (2 if m.cfg == "separate" else 1))
-                    if not torch.equal(out, outputs[i][args.seeds[0]]):
-                        raise RuntimeError(f"{m.label}: a repeated generation differs from the first")
-                    if before is not None:
-                        after = m.stats(model)
-                        streams = 2 if m.cfg == "separate" else 1
-                        full[i].append((after.full_steps - before.full_steps) / streams)
-            log(f"  repeat {rep + 1}/{args.repeats} done")
-    return _rows(methods, outputs, times, full, warmup, baselines, compiler, args)
-
-
-def _rows(methods, outputs, times, full, warmup, baselines, compiler, args) -> list[dict]:
-    from fxcache.metrics import psnr, rel_l1, ssim
-
-    ref = outputs[0]  # uncached eager, separate CFG: the model's own output
-    base = {(b.provider, b.setting, b.cfg): statistics.median(times[methods.index(b)]) for b in baselines}
-    eager_base = {b.cfg: statistics.median(times[methods.index(b)]) for b in baselines if b.setting == "eager"}
-    rows = []
-    for i, m in enumerate(methods):
-        compiled = compiler != "eager" and (m.provider == "fxcache" or (m.provider == "none" and m.setting != "eager"))
-        mode = "compiled" if compiled else "eager"
-        key = next((b.provider, b.setting, b.cfg) for b in baselines
-                   if b.cfg == m.cfg and (b.setting == "eager") == (mode == "eager"))
-        clips = [(a, b) for s in args.seeds for a, b in zip(outputs[i][s], ref[s])]
-        ps = [psnr(a, b) for a, b in clips]
-        finite = [p for p in ps if p != float("inf")]
-        t = times[i]
-        rows.append({
-            "method": m.name, "provider": m.provider, "setting": m.setting, "cfg": m.cfg, "mode": mode,
-            "time_median_s": statistics.median(t), "time_min_s": min(t), "time_max_s": max(t),
-            "speedup": base[key] / statistics.median(t), "speedup_min": base[key] / max(t),
-            "speedup_max": base[key] / min(t), "speedup_vs_eager": eager_base[m.cfg] / statistics.median(t),
-            "psnr_mean": statistics.mean(finite) if finite else float("inf"), "psnr_min": min(ps),
-            "ssim_mean": statistics.mean(ssim(a[None], b[None]) for a, b in clips),
-            "rel_l1_mean": statistics.mean(rel_l1(a, b) for a, b in clips),
-            "full_steps_mean": statistics.mean(full[i]) if full[i] else (args.steps if m.provider == "none" else None),
-            "warmup_s": warmup[i],
-        })
-    return rows
+    log = print if not args.quiet else (lambda *_: None)
+    outputs, times, full, warmup = measure(methods, transformer, cond, uncond, seeds=args.seeds, steps=args.steps,
+                                           guidance=args.guidance, repeats=args.repeats, log=log)
+    return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds)
 
 
 def main(argv=None) -> list[dict]:
@@ -217,7 +138,7 @@ def main(argv=None) -> list[dict]:
     out = args.out or (Path("out/quality-quick") if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rows = run(args)
+    records = run(args)
     transformer, encoder = load()
     judged = None
     if not args.quick:
@@ -232,8 +153,8 @@ def main(argv=None) -> list[dict]:
             "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
             "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
-    (out / "quality.json").write_text(json.dumps({"meta": meta, "records": rows}, indent=2) + "\n")
-    table = markdown_table(rows)
+    (out / "quality.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    table = markdown_table(records)
     (out / "quality.md").write_text(
         f"# Speed and fidelity on the reference model (`{meta['command']}`)\n\n"
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['threads']} torch threads, "
@@ -242,10 +163,10 @@ def main(argv=None) -> list[dict]:
         f"{len(meta['prompts'])} prompts (seed {args.seeds[0]}), median [min-max] of {args.repeats} interleaved "
         f"repeats. Speedup: fxcache vs uncached torch.compile, peers vs uncached eager, same CFG layout. "
         f"Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n{table}\n")
-    plot_pareto(rows, out / "pareto.png", f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
+    plot_pareto(records, out / "pareto.png", f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
     print(table)
     print(f"wrote {out}/quality.json, quality.md, pareto.png in {time.time() - t0:.0f} s")
-    return rows
+    return records
 
 
 if __name__ == "__main__":
