@@ -52,14 +52,14 @@ def judged(reference):
 
 
 def test_reference_model_learned_color_and_shape(judged):
-    """The committed weights (6000 steps) draw the prompted color and, well above chance (1/3), the shape."""
+    """The committed weights draw the prompted color and, well above chance (1/3), the shape."""
     assert judged["color"] >= 0.9
     assert judged["shape"] > 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="6000 CPU training steps did not teach the direction of motion (judge: 25%, "
-                   "chance level); issue 3 asks for it: train longer (resume from bench/reference/ckpt/last.pt)")
 def test_reference_model_follows_direction(judged):
+    """Direction is the hardest attribute: it came only after training on the sampler's shifted noise levels (chance
+    is 1/4; `python -m bench.reference.evaluate` measured 79% on all 48 prompts)."""
     assert judged["direction"] > 0.5 and judged["all"] > 0.5
 
 

@@ -34,12 +34,16 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def training_step(model, encoder, batch_size: int, gen: torch.Generator, p_uncond: float) -> torch.Tensor:
+def training_step(model, encoder, batch_size: int, gen: torch.Generator, p_uncond: float,
+                  shift: float = 1.0) -> torch.Tensor:
     x0, ids = sample_batch(batch_size, gen)
     drop = torch.rand(batch_size, generator=gen) < p_uncond
     ids = torch.where(drop[:, None], torch.full_like(ids, -1), ids)
     noise = torch.randn(x0.shape, generator=gen)
     sigma = torch.sigmoid(torch.randn(batch_size, generator=gen))  # logit-normal(0, 1) noise levels
+    # Shifted the way the sampler's FlowMatchEulerDiscreteScheduler(shift=...) shifts its sigmas, so training sees
+    # the high noise levels where sampling spends its first steps and the clip's layout and motion are decided.
+    sigma = shift * sigma / (1 + (shift - 1) * sigma)
     s = sigma.view(-1, 1, 1, 1, 1)
     xt = (1 - s) * x0 + s * noise
     pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=encoder(ids), return_dict=False)[0]
@@ -55,24 +59,29 @@ def ema_update(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> Non
 def export(ema_model, ema_encoder, history: list[tuple[int, float]], step: int, args) -> None:
     from .report import plot_loss, sample_grid
 
-    save(ema_model, ema_encoder, WEIGHTS, meta={"trained_steps": step, "seed": args.seed, "batch": args.batch,
-                                               "lr": args.lr, "ema": args.ema})
-    plot_loss(history, WEIGHTS / "loss.png")
-    sample_grid(ema_model, ema_encoder, WEIGHTS / "samples.png", title=f"EMA weights after {step} steps")
+    out = Path(args.out)
+    save(ema_model, ema_encoder, out, meta={"trained_steps": step, "seed": args.seed, "batch": args.batch,
+                                           "lr": args.lr, "ema": args.ema, "shift": args.shift})
+    plot_loss(history, out / "loss.png")
+    sample_grid(ema_model, ema_encoder, out / "samples.png", title=f"EMA weights after {step} steps")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.2e-3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--p-uncond", type=float, default=0.1, help="prompt dropout for classifier-free guidance")
+    ap.add_argument("--shift", type=float, default=3.0, help="timestep shift of the training noise levels (the "
+                    "sampler uses 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--export-every", type=int, default=1000)
+    ap.add_argument("--ckpt-dir", default=str(CKPT), help="where checkpoints and loss.csv go")
+    ap.add_argument("--out", default=str(WEIGHTS), help="where the exported weights, loss curve and samples go")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--export-only", action="store_true", help="write weights, loss curve and samples of the "
                     "checkpoint, then stop")
@@ -88,8 +97,9 @@ def main(argv=None) -> None:
     ema_model, ema_encoder = copy.deepcopy(model).eval(), copy.deepcopy(encoder).eval()
     history: list[tuple[int, float]] = []
     step = 0
-    CKPT.mkdir(exist_ok=True)
-    last = CKPT / "last.pt"
+    ckpt = Path(args.ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    last = ckpt / "last.pt"
     if last.exists() and not args.fresh:
         ck = torch.load(last, weights_only=False)
         model.load_state_dict(ck["model"]); encoder.load_state_dict(ck["encoder"])
@@ -101,7 +111,7 @@ def main(argv=None) -> None:
         export(ema_model, ema_encoder, history, step, args)
         return
 
-    log = (CKPT / "loss.csv").open("a", newline="")
+    log = (ckpt / "loss.csv").open("a", newline="")
     writer = csv.writer(log)
     bar = tqdm(total=args.steps, initial=step, desc="train", mininterval=10)
     t0 = time.time()
@@ -109,7 +119,7 @@ def main(argv=None) -> None:
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        loss = training_step(model, encoder, args.batch, gen, args.p_uncond)
+        loss = training_step(model, encoder, args.batch, gen, args.p_uncond, args.shift)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -126,8 +136,8 @@ def main(argv=None) -> None:
             log.flush()
             torch.save({"model": model.state_dict(), "encoder": encoder.state_dict(),
                         "ema_model": ema_model.state_dict(), "ema_encoder": ema_encoder.state_dict(),
-                        "opt": opt.state_dict(), "step": step, "history": history}, CKPT / "tmp.pt")
-            (CKPT / "tmp.pt").replace(last)
+                        "opt": opt.state_dict(), "step": step, "history": history}, ckpt / "tmp.pt")
+            (ckpt / "tmp.pt").replace(last)
         if step % args.export_every == 0 or step == args.steps:
             export(ema_model, ema_encoder, history, step, args)
     bar.close()
