@@ -183,6 +183,24 @@ def plot_pareto(rows: list[dict], path, title: str) -> None:
     plt.close(fig)
 
 
+def frontier_table(rows: list[dict], floors=(30.0, 35.0)) -> str:
+    """For each fidelity floor and provider, the fastest method whose mean PSNR is at or above it: where each
+    provider stands on the speed/fidelity frontier."""
+    lines = ["| fidelity floor | provider | fastest method above it | speedup (own baseline) [min-max] "
+             "| vs uncached eager | PSNR | SSIM |", "|---|---|---|---|---|---|---|"]
+    for floor in floors:
+        for provider in sorted({r["provider"] for r in rows} - {"none"}):
+            ok = [r for r in rows if r["provider"] == provider and r["psnr_mean"] >= floor]
+            if not ok:
+                lines.append(f"| PSNR >= {floor:g} dB | {provider} | none | - | - | - | - |")
+                continue
+            r = max(ok, key=lambda r: r["speedup"])
+            lines.append(f"| PSNR >= {floor:g} dB | {provider} | {r['method']} ({r['setting']}) | {r['speedup']:.2f}x "
+                         f"[{r['speedup_min']:.2f}-{r['speedup_max']:.2f}] | {r['speedup_vs_eager']:.2f}x "
+                         f"| {r['psnr_mean']:.1f} | {r['ssim_mean']:.3f} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| provider | method | setting | CFG | time (s) median [min-max] | speedup | PSNR mean / min (dB) "
              "| SSIM | rel L1 | full steps |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .calibrate import CALIBRATION_PROMPTS, RATIOS
-from .harness import Method, fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
+from .harness import (Method, frontier_table, fxcache_method, markdown_table, measure, plot_pareto, rows,
+                      uncached_method)
 from .overhead import machine
 from .pipeline import generate
 from .reference.data import all_prompts
@@ -121,6 +122,18 @@ def run(args) -> list[dict]:
     return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds)
 
 
+def report_markdown(meta: dict, records: list[dict]) -> str:
+    """quality.md: the setting, each provider's place on the frontier, then every method."""
+    m, n = meta["machine"], len(meta["prompts"])
+    return (f"# Speed and fidelity on the reference model (`{meta['command']}`)\n\n"
+            f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, no GPU; torch {m['torch']}; "
+            f"{meta['date']}. {meta['steps']} steps, CFG {meta['guidance']}, {n} prompts x {len(meta['seeds'])} "
+            f"seeds; times are whole generations of the {n} prompts (seed {meta['timed_seed']}), median [min-max] of "
+            f"{meta['repeats']} interleaved repeats. Speedup: fxcache vs uncached torch.compile, peers vs uncached "
+            f"eager, same CFG layout. Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
+            f"{frontier_table(records)}\n\n{markdown_table(records)}\n")
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50)
@@ -154,17 +167,9 @@ def main(argv=None) -> list[dict]:
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
             "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
     (out / "quality.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    table = markdown_table(records)
-    (out / "quality.md").write_text(
-        f"# Speed and fidelity on the reference model (`{meta['command']}`)\n\n"
-        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, {meta['machine']['threads']} torch threads, "
-        f"no GPU; torch {meta['machine']['torch']}; {meta['date']}. {args.steps} steps, CFG {args.guidance}, "
-        f"{len(meta['prompts'])} prompts x {len(args.seeds)} seeds; times are whole generations of the "
-        f"{len(meta['prompts'])} prompts (seed {args.seeds[0]}), median [min-max] of {args.repeats} interleaved "
-        f"repeats. Speedup: fxcache vs uncached torch.compile, peers vs uncached eager, same CFG layout. "
-        f"Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n{table}\n")
+    (out / "quality.md").write_text(report_markdown(meta, records))
     plot_pareto(records, out / "pareto.png", f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
-    print(table)
+    print(frontier_table(records) + "\n\n" + markdown_table(records))
     print(f"wrote {out}/quality.json, quality.md, pareto.png in {time.time() - t0:.0f} s")
     return records
 
