@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import math
 import time
 from pathlib import Path
@@ -60,8 +61,13 @@ def export(ema_model, ema_encoder, history: list[tuple[int, float]], step: int, 
     from .report import plot_loss, sample_grid
 
     out = Path(args.out)
-    save(ema_model, ema_encoder, out, meta={"trained_steps": step, "seed": args.seed, "batch": args.batch,
-                                           "lr": args.lr, "ema": args.ema, "shift": args.shift})
+    meta = {"trained_steps": step, "seed": args.seed, "batch": args.batch, "lr": args.lr, "ema": args.ema,
+            "shift": args.shift}
+    old = out / "config.json"
+    if old.exists():  # the hand-written account of how the run was scheduled outlives each export
+        note = json.loads(old.read_text()).get("schedule_note")
+        meta |= {"schedule_note": note} if note else {}
+    save(ema_model, ema_encoder, out, meta=meta)
     plot_loss(history, out / "loss.png")
     sample_grid(ema_model, ema_encoder, out / "samples.png", title=f"EMA weights after {step} steps")
 
