@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .backend import DEFAULT_POLICY, backend, runtimes_of
+from .backend import DEFAULT_POLICY, backend, instances_of, runtimes_of
 from .policies import POLICIES
 from .runtime.state import context
 from .runtime.stats import Stats
@@ -16,17 +16,21 @@ __version__ = "0.1.0"
 
 
 def stats(model) -> Stats:
-    """What the backend did for `model` (the compiled module or the original one) since it was compiled."""
+    """What the backend did for `model` (the compiled module or the original one) since it was compiled: a
+    snapshot, exact for this model instance (other instances of the same class are counted on their own)."""
     total = Stats()
-    for r in runtimes_of(model):
-        total = total + r.stats
+    for _, inst in instances_of(model):
+        with inst.lock:
+            total = total + inst.stats
+        total.cache_bytes += inst.nbytes()
     return total
 
 
 def reset(model) -> None:
-    """Clear every cache buffer and policy state of `model`'s runtimes (a new generation also does this)."""
-    for r in runtimes_of(model):
-        r.reset()
+    """Clear every cache buffer and policy state of `model` (all its threads). A new generation is detected by
+    itself (see the README's "Guarantees and limits"); this is the escape hatch where detection cannot apply."""
+    for _, inst in instances_of(model):
+        inst.reset()
 
 
 def explain(model, file=None) -> str:

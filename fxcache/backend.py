@@ -12,15 +12,18 @@ import weakref
 
 import torch
 
-from .passes.discover import discover
+from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
 from .runtime.executor import Runtime
+from .runtime.instances import Instance
+from .runtime.state import Clock
+from .runtime.stats import DECISION_LOG
 from .runtime.variants import inner_compile
 
 DEFAULT_POLICY = "fbcache"
 COMPILERS = ("inductor", "eager")
 
-# Runtimes alive, so that fxcache.stats(model) can find the ones compiled from `model`'s parameters.
+# Runtimes alive, so that fxcache.stats(model) can find the instances of `model` in them.
 _RUNTIMES: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 _PLAIN_GRAPHS: list[dict] = []  # graphs compiled without caching, for explain()
 _WARNED: set[str] = set()
@@ -41,8 +44,13 @@ def parse_options(options: dict | None) -> tuple[Policy, dict]:
     max_variants = options.pop("max_variants", 16)
     if not isinstance(max_variants, int) or isinstance(max_variants, bool) or max_variants < 2:
         raise ValueError(f"fxcache: option 'max_variants' must be an int >= 2, got {max_variants!r}")
+    decision_log = options.pop("decision_log", DECISION_LOG)
+    if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
+        raise ValueError(f"fxcache: option 'decision_log' (decision records kept per model) must be an int >= 0, "
+                         f"got {decision_log!r}")
     policy = POLICIES[name](**options)
-    return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants}
+    return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
+                    "decision_log": decision_log}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
@@ -61,11 +69,24 @@ def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | No
             _WARNED.add(reason)
             warnings.warn(f"fxcache: {reason}; compiling it without caching", stacklevel=2)
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
-        return inner_compile(gm, example_inputs, engine["compiler"])
+        return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
     runtime = Runtime(gm, d, policy, **engine)
-    runtime.param_ids = _param_ids(example_inputs)
     _RUNTIMES.add(runtime)
     return runtime
+
+
+def _publishing_timestep(fn, gm, example_inputs, d):
+    """A graph compiled plainly that takes the timestep (the part before a graph break, e.g. Lumina2's) tells it
+    to the block graph that follows it in the same forward call (runtime.state.Clock)."""
+    index = d.timestep if d is not None else timestep_input(gm, example_inputs)
+    if index is None:
+        return fn
+
+    def run(*args):
+        Clock.publish(args[index])
+        return fn(*args)
+
+    return run
 
 
 def _param_ids(example_inputs) -> frozenset:
@@ -94,8 +115,16 @@ def backend(**options):
 
 
 def runtimes_of(model) -> list[Runtime]:
-    module = getattr(model, "_orig_mod", model)
+    """The cached graphs that `model` (the compiled module or the original one) has run."""
+    return [r for r, _ in instances_of(model)]
+
+
+def instances_of(model) -> list[tuple[Runtime, Instance]]:
+    """(graph, this model's state in it) for every cached graph `model` has run: exact per model instance,
+    although Dynamo shares graphs between instances of one class."""
     if isinstance(model, Runtime):
-        return [model]
-    ids = {id(p) for p in module.parameters()} if isinstance(module, torch.nn.Module) else set()
-    return [r for r in list(_RUNTIMES) if r.param_ids & ids]
+        return [(model, i) for i in model.instances.all()]
+    module = getattr(model, "_orig_mod", model)
+    ids = ({id(p) for p in module.parameters()} | {id(b) for b in module.buffers()}
+           if isinstance(module, torch.nn.Module) else set())
+    return [(r, i) for r in list(_RUNTIMES) for i in r.instances.owned_by(ids)]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from .backend import _PLAIN_GRAPHS, runtimes_of
+from .backend import _PLAIN_GRAPHS, instances_of
 from .passes.discover import _shape
 from .plan import Site
 
 
 def describe(model) -> str:
     lines = []
-    runtimes = runtimes_of(model)
-    if not runtimes:
+    found = instances_of(model)
+    if not found:
         lines.append("fxcache: no cached graph for this model (not compiled yet, or compiled without blocks)")
-    for k, r in enumerate(runtimes):
+    for k, (r, inst) in enumerate(found):
         d = r.discovery
         lists = ", ".join(f"{name} x{n}" for name, n in d.block_lists().items())
         lines.append(f"graph {k}: {len(d.nodes)} nodes; block lists: {lists} ({d.num_units} units)")
@@ -29,12 +29,14 @@ def describe(model) -> str:
             sites += [Site("residual", 0, c), Site("residual", c, d.num_units)]
         sites = [s for s in sites if d.site_ok(s)] + [Site("indicator", name=n) for n in d.indicators]
         lines.append("  sites: " + ", ".join(str(s) for s in sites))
-        streams = sorted(r.streams.states)
+        streams = sorted({name for s in inst.all_streams() for name in s.states})
         lines.append(f"  streams seen: {', '.join(streams) or '-'} "
                      f"({'separate cond/uncond calls' if len(streams) > 1 else 'one call per step'})")
         lines.append(f"  policy: {r.policy.name} ({r.policy.describe()}); compiler: {r.variants.compiler}; "
                      f"variants: {len(r.variants)}")
-        lines.append(f"  stats: {r.stats.summary()}")
+        with inst.lock:
+            summary = inst.stats.summary()
+        lines.append(f"  stats: {summary} (this model instance)")
     ids = {id(p) for p in getattr(getattr(model, "_orig_mod", model), "parameters", lambda: [])()}
     for g in _PLAIN_GRAPHS:
         if g["params"] & ids or not g["params"]:

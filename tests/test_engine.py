@@ -133,18 +133,18 @@ def test_separate_calls_keep_separate_state(name, models):
     entry, model, _ = models(name)
     cm = compile_(model, policy="fbcache", threshold=0.2)
     out = denoise(cm, entry)
-    (runtime,) = fxcache.runtimes_of(cm)
+    ((runtime, inst),) = fxcache.instances_of(cm)
     decisions = fxcache.stats(cm).decisions
     per_stream = {}
     for rec in decisions:
         per_stream.setdefault(rec["stream"], []).append(rec["step"])
     assert sorted(per_stream) == ["stream0", "stream1"]
     assert all(steps == list(range(1, 21)) for steps in per_stream.values())
-    caches = [runtime.streams.states[s].cache for s in ("stream0", "stream1")]
+    caches = [inst.streams().states[s].cache for s in ("stream0", "stream1")]
     head = next(k for k in caches[0] if k.start == 0)
     assert not torch.equal(caches[0][head][0], caches[1][head][0])  # cond and uncond residuals differ
     # Naming the streams explicitly gives the same result as detecting them.
-    del runtime, caches, cm
+    del runtime, inst, caches, cm
     torch._dynamo.reset()
     gc.collect()
     named = compile_(model, policy="fbcache", threshold=0.2)
@@ -161,8 +161,8 @@ def test_tolerance_catches_a_broken_cache(models, monkeypatch):
     cm = compile_(model, policy="fbcache", threshold=0.2)
     assert rel_l1(denoise(cm, entry), ref) < TOLERANCE
     store = StreamState.store
-    monkeypatch.setattr(StreamState, "store", lambda self, site, values: store(
-        self, site, [v * 0 if site.start > 0 else v for v in values]))
+    monkeypatch.setattr(StreamState, "store", lambda self, site, values, *rest: store(
+        self, site, [v * 0 if site.start > 0 else v for v in values], *rest))
     broken = denoise(cm, entry)
     assert fxcache.stats(cm).skipped_steps > 0
     assert rel_l1(broken, ref) > 3 * TOLERANCE
@@ -172,10 +172,10 @@ def test_reset_clears_state(models):
     entry, model, _ = models("wan")
     cm = compile_(model, policy="fbcache", threshold=0.2)
     denoise(cm, entry, steps=5)
-    (runtime,) = fxcache.runtimes_of(cm)
-    assert runtime.streams.states
+    ((_, inst),) = fxcache.instances_of(cm)
+    assert inst.streams().states and fxcache.stats(cm).cache_bytes > 0
     fxcache.reset(cm)
-    assert not runtime.streams.states
+    assert not inst.streams().states and fxcache.stats(cm).cache_bytes == 0
 
 
 def test_site_vocabulary():

@@ -15,7 +15,7 @@ def _args(t, shape=(1, 4)):
 
 
 def _streams():
-    return Streams(timestep_index=1, user_indices=[0, 1], new_policy_state=dict)
+    return Streams(timestep_index=1, hidden_index=0, encoder_index=None, user_indices=[0, 1], new_policy_state=dict)
 
 
 def test_streams_separate_calls_and_generations():
@@ -81,11 +81,12 @@ def test_probe_outputs_what_continuations_need():
 
 def test_streams_of_different_shapes_are_not_new_generations():
     """QwenImage trims each prompt to its own length: cond and uncond calls differ in shape every step."""
-    s = _streams()
+    s = Streams(timestep_index=1, hidden_index=0, encoder_index=2, user_indices=[0, 1, 2], new_policy_state=dict)
     seen = []
     for t in (999.0, 950.0, 900.0):
-        for shape in ((1, 6), (1, 5)):
-            st = s.resolve(_args(t, shape=shape))
+        latent = torch.randn(1, 4)
+        for length in (6, 5):
+            st = s.resolve([latent, torch.tensor([t]), torch.zeros(1, length, 3)])
             seen.append((st.name, st.step))
     assert seen == [("stream0", 1), ("stream1", 1), ("stream0", 2), ("stream1", 2),
                                                    ("stream0", 3), ("stream1", 3)]

@@ -158,6 +158,12 @@ def _find_input(placeholders, example, words, unless=()) -> int | None:
     return None
 
 
+def timestep_input(gm: fx.GraphModule, example_inputs) -> int | None:
+    """Placeholder index of the timestep input of any graph (with or without blocks)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return _find_input(placeholders, example_inputs, ("timestep", "sigma", "['t']"))
+
+
 def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
     """Describe `gm`, or return None when it holds no list of >= 2 repeated blocks."""
     nodes = list(gm.graph.nodes)
@@ -197,7 +203,7 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
     _close_loop(nodes, pos, last_use, units, cuts, streams)
 
     d = Discovery(nodes=nodes, pos=pos, units=units, cuts=cuts, streams=streams,
-                  timestep=_find_input(placeholders, example_inputs, ("timestep", "sigma", "['t']")),
+                  timestep=timestep_input(gm, example_inputs),
                   hidden=_find_input(placeholders, example_inputs, ("hidden_states", "sample", "latent", "['x']"),
                                      unless=("encoder",)),
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),

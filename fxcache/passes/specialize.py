@@ -10,7 +10,8 @@ Dead code (the skipped blocks, the work only they needed) is eliminated, so it i
 
 Inputs and outputs are described by keys, which the runtime uses to wire tensors:
   inputs : ("arg", i) original input i | ("val", name) value computed by the probe | ("cache", site, j)
-  outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("num", site) | ("den", site)
+  outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
+           ("num", site) | ("den", site) | ("mag", site)
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         vals = site_values(site)
         for j, v in enumerate(vals):  # measured values are emitted too: a later plan may store them
             emit(("site", site, j), v)
+        # Whether the values are finite: one fused reduction, read by the runtime with the next value it reads
+        # anyway, so that NaN / inf never stays in a cache.
+        finite = [g.call_method("all", (g.call_function(torch.isfinite, (v,)),)) for v in vals]
+        while len(finite) > 1:
+            finite = [g.call_function(torch.logical_and, (finite[0], finite[1]))] + finite[2:]
+        emit(("fin", site), finite[0])
         if measured.get(site):
             # Against the cached value, per sample (dim 0), first stream only (the image stream of
             # dual-stream blocks, as FBCache does).

@@ -44,6 +44,7 @@ def _coefficients_ok(v) -> bool:
 @dataclass
 class TeaState:
     acc: float = 0.0
+    has_ref: bool = False  # a computed step has written the stack's residual and the indicator
     estimate: float | None = None  # "output" indicator: last measured per-step change
     previous_computed: int = 0
 
@@ -89,9 +90,10 @@ class TeaCache(Policy):
         return call.step <= max(1, self.warmup_steps) or call.is_last
 
     def plan(self, call, state: TeaState) -> Plan:
-        if self._forced(call):
+        if self._forced(call) or not state.has_ref:  # also after the runtime cleared a non-finite cache
             state.acc = 0.0
-            return self._computed(call, state, first=call.step == 1)
+            first, state.has_ref = not state.has_ref, True
+            return self._computed(call, state, first=first)
         if self.indicator == "output":
             if state.estimate is None:  # no two computed outputs yet: nothing to extrapolate the change from
                 return self._computed(call, state)

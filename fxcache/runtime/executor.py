@@ -1,13 +1,27 @@
-"""The runtime: what the backend returns to Dynamo. Per call it resolves the stream, asks the policy for a plan,
-runs the plan's compiled variant (a probe first, then the continuation, when the policy needs this step's data),
-stores written sites into the stream's cache and counts what happened. It decides nothing itself."""
+"""The runtime: what the backend returns to Dynamo. Per call it finds the model instance and this thread's streams,
+resolves the stream, asks the policy for a plan, runs the plan's compiled variant (a probe first, then the
+continuation, when the policy needs this step's data), stores written sites into the stream's cache and counts
+what happened. It decides nothing itself.
+
+Non-finite values never stay in a cache: every written site comes with a finiteness flag computed inside the
+variant. The flags are read with the distance a probe reads anyway, or, for plans that reuse without probing,
+just before the first reuse of what they flag. A site that was not finite is dropped (the stream starts over:
+its next step computes), and a non-finite distance reaches the policy as NaN, which every policy treats as
+"compute".
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
+
+import torch
+
 from ..passes.discover import is_param_like
 from ..plan import Plan
-from .state import Streams, StreamState
-from .stats import Stats
+from .instances import Instances
+from .state import Clock, Streams, StreamState
+from .stats import DECISION_LOG
 from .variants import VariantCache
 
 
@@ -26,36 +40,80 @@ class Call:
 
 class Runtime:
     def __init__(self, gm, discovery, policy, compiler: str = "inductor", max_variants: int = 16,
-                 num_steps: int | None = None) -> None:
+                 num_steps: int | None = None, decision_log: int = DECISION_LOG) -> None:
         self.gm, self.discovery, self.policy, self.num_steps = gm, discovery, policy, num_steps
-        self.stats = Stats()
-        self.variants = VariantCache(gm, discovery, compiler, max_variants, self.stats)
-        user = [i for i, p in enumerate(discovery.placeholders) if not is_param_like(p)]
-        self.streams = Streams(discovery.timestep, user, policy.new_state)
+        self.variants = VariantCache(gm, discovery, compiler, max_variants)
+        d = discovery
+        user = [i for i, p in enumerate(d.placeholders) if not is_param_like(p)]
+        # The instance key: a parameter (a model's own), else a buffer.
+        params = sorted((i for i, p in enumerate(d.placeholders) if is_param_like(p)),
+                        key=lambda i: "_parameters_" not in d.placeholders[i].name)
+
+        def make_streams() -> Streams:
+            return Streams(d.timestep, d.hidden, d.encoder, user, policy.new_state, num_steps)
+
+        self.instances = Instances(params[0] if params else None, make_streams, decision_log)
+        self._warned: set[str] = set()
 
     def reset(self) -> None:
-        self.streams.reset()
+        for inst in self.instances.all():
+            inst.reset()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
 
     def __call__(self, *args):
-        st = self.streams.resolve(args)
-        call = Call(st.step, st.name, self.streams._last_t, self.num_steps)
+        inst = self.instances.of(args)
+        streams = inst.streams()
+        if self.discovery.timestep is not None:
+            Clock.publish(args[self.discovery.timestep])
+        generation = streams.generation
+        st = streams.resolve(args)
+        if streams.last_t is None:
+            self._warn_once("fxcache: no timestep reaches this block graph, so a new generation is recognised only "
+                            "by a change of input shapes; call fxcache.reset(model) between generations")
+        call = Call(st.step, st.name, streams.last_t, self.num_steps)
         plan = self.policy.plan(call, st.policy)
+        unread = [s for s in plan.reuse if s in st.pending]
+        if unread and self._settle(st, unread, inst):
+            plan = self.policy.plan(call, st.policy)  # the stream started over: its policy plans afresh
         values: dict = {}
         scratch: dict = {}
         measured: dict = {}
-        outputs, computed = self._run(plan, args, st, values, scratch, measured)
+        outputs, computed = self._run(plan, args, st, values, scratch, measured, inst)
         if plan.stop is not None:
             probe = plan
             plan = self.policy.decide(call, st.policy, measured)
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
-            outputs, more = self._run(plan, args, st, values, scratch, measured)
+            outputs, more = self._run(plan, args, st, values, scratch, measured, inst)
             computed += more
         self.policy.observe(call, st.policy, measured, plan)
-        self._count(call, plan, computed, measured)
+        self._count(inst, streams.generation != generation, call, plan, computed, measured)
         return outputs
 
-    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict):
+    def _settle(self, st: StreamState, sites, inst) -> bool:
+        """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
+        and policy state are cleared, so the policy's next plan computes. Returns whether it started over."""
+        flags = torch.stack([st.pending.pop(s) for s in sites]).tolist()
+        bad = [s for s, ok in zip(sites, flags) if not ok]
+        if not bad:
+            return False
+        self._poisoned(st, bad, inst)
+        st.cache.clear()
+        st.pending.clear()
+        st.policy = self.policy.new_state()
+        return True
+
+    def _poisoned(self, st: StreamState, sites, inst) -> None:
+        with inst.lock:
+            inst.stats.not_cached += len(sites)
+        self._warn_once(f"fxcache: a computed step of stream {st.name!r} produced non-finite values (NaN or inf) "
+                        f"in {', '.join(map(str, sites))}; they were not cached and the next step computes")
+
+    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst):
         # Sites a probe already produced are stored from it rather than computed again.
         done = frozenset(s for s in plan.write if s in scratch)
         run_plan = Plan(plan.reuse, plan.write - done, plan.measure, plan.start, plan.stop, plan.label)
@@ -72,9 +130,9 @@ class Runtime:
                 if cached is None:
                     raise RuntimeError(f"fxcache: policy {self.policy.name} read {key[1]} before writing it")
                 inputs.append(cached[key[2]])
-        fn = self.variants.compiled(run_plan, inputs)
+        fn = self.variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
-        outs, sites, nums, dens = [], {}, {}, {}
+        outs, reads = [], []
         for key, r in zip(variant.outputs, results):
             kind = key[0]
             if kind == "out":
@@ -82,31 +140,45 @@ class Runtime:
             elif kind == "val":
                 values[key[1]] = r
             elif kind == "site":
-                sites.setdefault(key[1], []).append(r)
+                scratch.setdefault(key[1], []).append(r)
+            elif kind == "fin":
+                scratch[("fin", key[1])] = r
             elif kind == "num":
-                nums[key[1]] = r
+                reads.append(((key[1], "rel_l1"), r.sum()))
             elif kind == "den":
-                dens[key[1]] = r
+                num = reads.pop()
+                reads.append((num[0], num[1] / r.sum().clamp_min(1e-12)))
             elif kind == "mag":
-                measured[(key[1], "mag_ratio")] = float(r.mean())
-        for site, num in nums.items():
-            measured[(site, "rel_l1")] = float(num.sum() / dens[site].sum().clamp_min(1e-12))
-        scratch.update(sites)
+                reads.append(((key[1], "mag_ratio"), r.float().mean()))
+        if reads:
+            # One host read for the policy's distances and the pending finiteness flags of this stream.
+            flagged = list(st.pending)
+            got = torch.stack([v.float() for _, v in reads]
+                              + [st.pending.pop(s).float() for s in flagged]).tolist()
+            bad = [s for s, ok in zip(flagged, got[len(reads):]) if not ok]
+            for (key, _), v in zip(reads, got):
+                measured[key] = v if math.isfinite(v) and not bad else math.nan
+            if bad:
+                self._poisoned(st, bad, inst)
+                for s in bad:
+                    st.drop(s)
         for site in plan.write:
-            st.store(site, scratch[site])
+            st.store(site, scratch[site], scratch.get(("fin", site)))
         return (tuple(outs) if plan.stop is None else None), variant.units_computed
 
-    def _count(self, call: Call, plan: Plan, computed: int, measured: dict) -> None:
-        s = self.stats
-        s.calls += 1
-        s.steps += 1
+    def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict) -> None:
         total = self.discovery.num_units
-        s.blocks_computed += computed
-        s.blocks_skipped += total - computed
-        if computed >= total:
-            s.full_steps += 1
-        else:
-            s.skipped_steps += 1
         dist = next(iter(measured.values()), None)
-        s.decisions.append({"step": call.step, "stream": call.stream, "decision": plan.label,
-                            "distance": dist, "blocks": computed})
+        with inst.lock:
+            s = inst.stats
+            s.calls += 1
+            s.steps += 1
+            s.generations += new_generation
+            s.blocks_computed += computed
+            s.blocks_skipped += total - computed
+            if computed >= total:
+                s.full_steps += 1
+            else:
+                s.skipped_steps += 1
+            s.record({"step": call.step, "stream": call.stream, "decision": plan.label,
+                      "distance": dist, "blocks": computed})

@@ -2,17 +2,29 @@
 
 A *stream* is one sequence of calls whose activations resemble each other step to step: the conditional or the
 unconditional branch when a pipeline calls the model twice per step (Wan, Flux true-CFG). Calls at the same
-timestep as the previous call are further streams of the same step; `fxcache.context(name)` names them explicitly.
-A new *generation* starts when the timestep turns back (goes up, for the usual 1000 -> 0 schedules; down for
-models that count the other way, like Mochi, which a generation's first two steps reveal) or a stream's input
-shapes change (cond and uncond may differ in shape, e.g. QwenImage trims each prompt to its own length); it
-starts from a clean state.
+timestep as the previous call, on the same latent, are further streams of the same step; `fxcache.context(name)`
+names them explicitly.
+
+A new *generation* starts, from a clean state, when
+- the timestep turns back (goes up, for the usual 1000 -> 0 schedules; down for models that count the other way,
+  like Mochi, which a generation's first two steps reveal);
+- a call comes at the same timestep as the previous one but is not another stream of that step: a different latent
+  (neither the same tensor nor equal values), or a stream name (or text-embedding tensor) already seen at this
+  step. This is what separates a generation that starts where the previous one stopped (after a run interrupted
+  in its first step, or after a 1-step generation) from the uncond call of the same step;
+- a stream's input shapes change (cond and uncond may differ in shape, e.g. QwenImage trims each prompt to its own
+  length, so shapes are compared per stream);
+- a stream has made `num_steps` calls, when that option is given.
+A block graph without a timestep input (the model broke the graph before its blocks, like Lumina2) uses the
+timestep that the model's earlier graph published in the same thread during the same forward call (`Clock`).
+`fxcache.reset(model)` is the escape hatch where none of this applies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +45,38 @@ def context(name: str):
         _CONTEXT.reset(token)
 
 
+class Clock:
+    """The timestep most recently seen by any fxcache graph of this thread, with a serial number, so that a block
+    graph without a timestep input can take the one its model's earlier graph saw in the same forward call."""
+
+    _local = threading.local()
+
+    @classmethod
+    def publish(cls, t) -> None:
+        cls._local.t = t
+        cls._local.serial = getattr(cls._local, "serial", 0) + 1
+
+    @classmethod
+    def read(cls) -> tuple[Any, int]:
+        return getattr(cls._local, "t", None), getattr(cls._local, "serial", 0)
+
+
+def timestep_value(ts) -> float | None:
+    if ts is None:
+        return None
+    return float(ts.reshape(-1)[0]) if isinstance(ts, torch.Tensor) else float(ts)
+
+
 @dataclass
 class StreamState:
     name: str
     step: int = 0  # 1-based index of the current call within this stream's generation
     cache: dict = field(default_factory=dict)  # Site -> tuple of tensors (buffers the runtime owns)
+    pending: dict = field(default_factory=dict)  # Site -> 0-dim bool tensor: were the stored values finite?
     policy: Any = None  # the policy's own per-stream state
     shapes: tuple = ()
 
-    def store(self, site, values) -> None:
+    def store(self, site, values, finite=None) -> None:
         old = self.cache.get(site)
         if old is not None and len(old) == len(values) and all(
                 o.shape == v.shape and o.dtype == v.dtype for o, v in zip(old, values)):
@@ -49,42 +84,96 @@ class StreamState:
                 o.copy_(v)
         else:
             self.cache[site] = tuple(v.detach().clone() for v in values)
+        if finite is None:
+            self.pending.pop(site, None)
+        else:
+            self.pending[site] = finite
+
+    def drop(self, site) -> None:
+        self.cache.pop(site, None)
+        self.pending.pop(site, None)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for vals in self.cache.values() for t in vals)
 
 
 class Streams:
-    def __init__(self, timestep_index: int | None, user_indices: list[int], new_policy_state) -> None:
-        self.timestep_index = timestep_index
+    """The streams of one model instance in one thread, and its generations."""
+
+    def __init__(self, timestep_index: int | None, hidden_index: int | None, encoder_index: int | None,
+                 user_indices: list[int], new_policy_state, num_steps: int | None = None) -> None:
+        self.timestep_index, self.hidden_index, self.encoder_index = timestep_index, hidden_index, encoder_index
         self.user_indices = user_indices
         self.new_policy_state = new_policy_state
+        self.num_steps = num_steps
         self.states: dict[str, StreamState] = {}
         self.generation = 0
-        self._last_t: float | None = None
-        self._direction = 0  # -1: timesteps fall (1000 -> 0), +1: they rise; 0: not known yet
-        self._position = 0
+        self.reset()
 
     def reset(self) -> None:
         self.states.clear()
-        self._last_t = None
-        self._direction = 0
+        self.last_t: float | None = None
+        self._direction = 0  # -1: timesteps fall (1000 -> 0), +1: they rise; 0: not known yet
         self._position = 0
+        self._serial = -1  # Clock serial seen at the previous call (graphs without a timestep input)
+        self._latent = None  # latent input of the previous call (kept to tell "same step" from "new generation")
+        self._seen_here: list = []  # (name, text-embedding tensor) of the calls at the current timestep
+
+    def nbytes(self) -> int:
+        return sum(st.nbytes() for st in self.states.values())
+
+    def _timestep(self, args):
+        if self.timestep_index is not None:
+            return timestep_value(args[self.timestep_index])
+        t, serial = Clock.read()
+        fresh = serial != self._serial
+        self._serial = serial
+        return timestep_value(t) if fresh else None
+
+    def _same_latent(self, x) -> bool:
+        prev = self._latent
+        if prev is None or x is None:
+            return True  # nothing to compare: trust the timestep
+        if x is prev:
+            return True
+        return (isinstance(x, torch.Tensor) and isinstance(prev, torch.Tensor) and x.shape == prev.shape
+                and x.dtype == prev.dtype and x.device == prev.device and torch.equal(x, prev))
 
     def resolve(self, args) -> StreamState:
         shapes = tuple(tuple(args[i].shape) for i in self.user_indices if isinstance(args[i], torch.Tensor))
-        t = None
-        if self.timestep_index is not None:
-            ts = args[self.timestep_index]
-            t = float(ts.reshape(-1)[0]) if isinstance(ts, torch.Tensor) else float(ts)
-        move = 0 if t is None or self._last_t is None or t == self._last_t else (1 if t > self._last_t else -1)
-        position = self._position + 1 if (t is not None and t == self._last_t) else 0
-        name = _CONTEXT.get() or f"stream{position}"
+        t = self._timestep(args)
+        x = args[self.hidden_index] if self.hidden_index is not None else None
+        text = args[self.encoder_index] if self.encoder_index is not None else None
+        explicit = _CONTEXT.get()
+        same_t = t is not None and t == self.last_t
+        new = False
+        if same_t:
+            name = explicit or f"stream{self._position + 1}"
+            repeated = any(n == name or (text is not None and e is text) for n, e in self._seen_here)
+            if repeated or not self._same_latent(x):
+                new, same_t = True, False  # the same call again, or another latent: a new generation
+        move = 0 if t is None or self.last_t is None or t == self.last_t else (1 if t > self.last_t else -1)
+        if same_t:
+            position = self._position + 1
+        else:
+            position = 0
+            self._seen_here = []
+        name = explicit or f"stream{position}"
         known = self.states.get(name)
-        if (move and self._direction and move != self._direction) or (known is not None and known.shapes != shapes):
+        if move and self._direction and move != self._direction:
+            new = True
+        if known is not None and (known.shapes != shapes or (
+                self.num_steps is not None and known.step >= self.num_steps)):
+            new = True
+        if new:
             self.states.clear()
-            self.generation += 1
             self._direction = move = 0
         elif move and not self._direction:
             self._direction = move
-        self._position, self._last_t = position, t
+        if not self.states:
+            self.generation += 1  # the first call after construction, a reset or a detected boundary
+        self._position, self.last_t, self._latent = position, t, x
+        self._seen_here.append((name, text))
         st = self.states.get(name)
         if st is None:
             st = self.states[name] = StreamState(name, policy=self.new_policy_state(), shapes=shapes)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+
+DECISION_LOG = 256  # decision records kept per model instance (engine option `decision_log`)
 
 
 @dataclass
@@ -14,17 +17,35 @@ class Stats:
     blocks_computed: int = 0
     blocks_skipped: int = 0
     cfg_reused: int = 0  # calls whose unconditional branch was rebuilt from cache
+    generations: int = 0  # generations started (a clean state each), per thread and graph
+    not_cached: int = 0  # computed values not cached because they were not finite (NaN / inf)
     compiles: int = 0  # variants compiled
     compile_time_s: float = 0.0
-    decisions: list = field(default_factory=list)  # one dict per step: step, stream, decision, distance
+    cache_bytes: int = 0  # bytes held in cache buffers now (a gauge, filled in by fxcache.stats)
+    decision_counts: dict = field(default_factory=dict)  # plan label -> calls, over the model's lifetime
+    # The most recent decisions (a bounded log; a list in fxcache.stats' snapshot): step, stream, decision,
+    # distance, blocks computed.
+    decisions: deque | list = field(default_factory=lambda: deque(maxlen=DECISION_LOG))
+
+    def record(self, entry: dict) -> None:
+        self.decisions.append(entry)
+        label = entry["decision"]
+        self.decision_counts[label] = self.decision_counts.get(label, 0) + 1
 
     def __add__(self, other: "Stats") -> "Stats":
         out = Stats()
         for f in self.__dataclass_fields__:
-            setattr(out, f, getattr(self, f) + getattr(other, f))
+            a, b = getattr(self, f), getattr(other, f)
+            if isinstance(a, dict):
+                setattr(out, f, {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}})
+            elif isinstance(a, (deque, list)):  # a snapshot: the logs of both, as a list
+                setattr(out, f, [*a, *b])
+            else:
+                setattr(out, f, a + b)
         return out
 
     def summary(self) -> str:
         return (f"{self.steps} steps: {self.full_steps} full, {self.skipped_steps} cached; "
                 f"blocks {self.blocks_computed} computed / {self.blocks_skipped} skipped; "
-                f"cfg reused {self.cfg_reused}; {self.compiles} variants compiled in {self.compile_time_s:.1f} s")
+                f"cfg reused {self.cfg_reused}; {self.compiles} variants compiled in {self.compile_time_s:.1f} s; "
+                f"cache {self.cache_bytes / 2**20:.1f} MiB")

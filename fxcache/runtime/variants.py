@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Callable
@@ -23,12 +24,25 @@ def inner_compile(gm: fx.GraphModule, example_inputs: list, compiler: str) -> Ca
 
 
 class VariantCache:
-    def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int, stats) -> None:
-        self.gm, self.discovery, self.compiler, self.max_variants, self.stats = (
-            gm, discovery, compiler, max_variants, stats)
+    def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int) -> None:
+        self.gm, self.discovery, self.compiler, self.max_variants = gm, discovery, compiler, max_variants
         self._entries: OrderedDict[Plan, tuple[Variant, Callable | None]] = OrderedDict()
+        # Compiled code is shared by every model instance and thread that runs this graph: one lock around the
+        # table and compilation (Inductor is not re-entrant); running compiled code needs no lock.
+        self._lock = threading.RLock()
 
     def get(self, plan: Plan) -> tuple[Variant, Callable | None]:
+        entry = self._entries.get(plan)
+        if entry is not None:
+            try:
+                self._entries.move_to_end(plan)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
+            return entry
+        with self._lock:
+            return self._get(plan)
+
+    def _get(self, plan: Plan) -> tuple[Variant, Callable | None]:
         entry = self._entries.get(plan)
         if entry is None:
             entry = (specialize(self.gm, self.discovery, plan), None)
@@ -38,19 +52,25 @@ class VariantCache:
         self._entries.move_to_end(plan)
         return entry
 
-    def compiled(self, plan: Plan, example_inputs: list) -> Callable:
+    def compiled(self, plan: Plan, example_inputs: list, stats) -> Callable:
+        """The compiled variant of `plan`; a compile is counted in `stats` (the calling instance's)."""
         variant, fn = self.get(plan)
-        if fn is None:
+        if fn is not None:
+            return fn
+        with self._lock:
+            variant, fn = self._get(plan)
+            if fn is not None:
+                return fn
             t0 = time.perf_counter()
             if self.compiler == "eager":
                 fn = variant.gm
             else:
                 fn = compile_piecewise(variant.gm, self._compile_piece)
                 fn(*example_inputs)  # compiles the pieces now, so that compile time is counted here
-            self.stats.compiles += 1
-            self.stats.compile_time_s += time.perf_counter() - t0
+            stats.compiles += 1
+            stats.compile_time_s += time.perf_counter() - t0
             self._entries[plan] = (variant, fn)
-        return fn
+            return fn
 
     def _compile_piece(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         return inner_compile(gm, example_inputs, self.compiler)
