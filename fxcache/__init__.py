@@ -19,10 +19,13 @@ def stats(model) -> Stats:
     """What the backend did for `model` (the compiled module or the original one) since it was compiled: a
     snapshot, exact for this model instance (other instances of the same class are counted on their own)."""
     total = Stats()
+    generations = 0
     for _, inst in instances_of(model):
         with inst.lock:
             total = total + inst.stats
+            generations = max(generations, inst.stats.generations)
         total.cache_bytes += inst.nbytes()
+    total.generations = generations  # every graph of a forward call sees the same generations: not a sum
     return total
 
 

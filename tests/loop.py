@@ -23,10 +23,19 @@ def first(out):
     return out[0] if isinstance(out, (tuple, list)) else out.sample
 
 
-@torch.no_grad()
 def denoise(model, entry, steps: int = 20, guidance: float = 3.0, seed: int = 0, cfg: str | None = None,
             names: tuple[str, str] | None = None) -> torch.Tensor:
     """Sample with the family's CFG layout; `names` puts the cond/uncond calls in `fxcache.context`s."""
+    x = None
+    for x in denoising(model, entry, steps, guidance, seed, cfg, names):
+        pass
+    return x
+
+
+@torch.no_grad()
+def denoising(model, entry, steps: int = 20, guidance: float = 3.0, seed: int = 0, cfg: str | None = None,
+              names: tuple[str, str] | None = None):
+    """`denoise` one step at a time: yields the latent after each step (to interleave or interrupt runs)."""
     import fxcache
 
     cfg = cfg or entry.cfg
@@ -49,7 +58,7 @@ def denoise(model, entry, steps: int = 20, guidance: float = 3.0, seed: int = 0,
                 uncond = first(model(**uncond_in))[:, : x.shape[1]]
         v = uncond + guidance * (cond - uncond)
         x = x + (sigmas[k + 1] - sigmas[k]) * v
-    return x
+        yield x
 
 
 class _null:

@@ -59,9 +59,10 @@ class Runtime:
         for inst in self.instances.all():
             inst.reset()
 
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
+    def _warn_once(self, message: str, key: str | None = None) -> None:
+        key = key or message
+        if key not in self._warned:
+            self._warned.add(key)
             warnings.warn(message, stacklevel=3)
 
     def __call__(self, *args):
@@ -111,7 +112,8 @@ class Runtime:
         with inst.lock:
             inst.stats.not_cached += len(sites)
         self._warn_once(f"fxcache: a computed step of stream {st.name!r} produced non-finite values (NaN or inf) "
-                        f"in {', '.join(map(str, sites))}; they were not cached and the next step computes")
+                        f"in {', '.join(map(str, sites))}; they were not cached and the next step computes "
+                        f"(warned once; fxcache.stats(model).not_cached counts them)", key="non-finite")
 
     def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst):
         # Sites a probe already produced are stored from it rather than computed again.

@@ -72,13 +72,14 @@ class Instances:
             inst = Instance(key, self.make_streams, self.decision_log)
             if key is not None:
                 k = id(key)
-                inst.key = weakref.ref(key, lambda _, k=k, i=inst: self._forget(k, i))
+                inst.key = weakref.ref(key, lambda _, k=k: self._forget(k))  # no reference to inst: no cycle
             self._by_id[id(key)] = inst
             return inst
 
-    def _forget(self, k: int, inst: Instance) -> None:
+    def _forget(self, k: int) -> None:
         with self._lock:
-            if self._by_id.get(k) is inst:
+            inst = self._by_id.get(k)
+            if inst is not None and inst.key is not None and inst.key() is None:
                 del self._by_id[k]
 
     def all(self) -> list[Instance]:

@@ -9,8 +9,8 @@ A new *generation* starts, from a clean state, when
 - the timestep turns back (goes up, for the usual 1000 -> 0 schedules; down for models that count the other way,
   like Mochi, which a generation's first two steps reveal);
 - a call comes at the same timestep as the previous one but is not another stream of that step: a different latent
-  (neither the same tensor nor equal values), or a stream name (or text-embedding tensor) already seen at this
-  step. This is what separates a generation that starts where the previous one stopped (after a run interrupted
+  (neither the same tensor nor equal values), or a stream name or text embedding (the same tensor or equal
+  values) already seen at this step. This is what separates a generation that starts where the previous one stopped (after a run interrupted
   in its first step, or after a 1-step generation) from the uncond call of the same step;
 - a stream's input shapes change (cond and uncond may differ in shape, e.g. QwenImage trims each prompt to its own
   length, so shapes are compared per stream);
@@ -97,6 +97,14 @@ class StreamState:
         return sum(t.numel() * t.element_size() for vals in self.cache.values() for t in vals)
 
 
+def _same(a, b) -> bool:
+    """The same tensor, or equal values (read only when the cheap checks leave it open)."""
+    if a is b:
+        return True
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+
+
 class Streams:
     """The streams of one model instance in one thread, and its generations."""
 
@@ -131,13 +139,9 @@ class Streams:
         return timestep_value(t) if fresh else None
 
     def _same_latent(self, x) -> bool:
-        prev = self._latent
-        if prev is None or x is None:
+        if self._latent is None or x is None:
             return True  # nothing to compare: trust the timestep
-        if x is prev:
-            return True
-        return (isinstance(x, torch.Tensor) and isinstance(prev, torch.Tensor) and x.shape == prev.shape
-                and x.dtype == prev.dtype and x.device == prev.device and torch.equal(x, prev))
+        return _same(x, self._latent)
 
     def resolve(self, args) -> StreamState:
         shapes = tuple(tuple(args[i].shape) for i in self.user_indices if isinstance(args[i], torch.Tensor))
@@ -149,7 +153,9 @@ class Streams:
         new = False
         if same_t:
             name = explicit or f"stream{self._position + 1}"
-            repeated = any(n == name or (text is not None and e is text) for n, e in self._seen_here)
+            # Pipelines pass the cond and uncond embeddings as two tensors held for the whole run; a repeat of an
+            # earlier call's (the same tensor, or equal values: the same prompt encoded again) is a new run.
+            repeated = any(n == name or (text is not None and _same(text, e)) for n, e in self._seen_here)
             if repeated or not self._same_latent(x):
                 new, same_t = True, False  # the same call again, or another latent: a new generation
         move = 0 if t is None or self.last_t is None or t == self.last_t else (1 if t > self.last_t else -1)

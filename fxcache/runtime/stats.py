@@ -17,7 +17,7 @@ class Stats:
     blocks_computed: int = 0
     blocks_skipped: int = 0
     cfg_reused: int = 0  # calls whose unconditional branch was rebuilt from cache
-    generations: int = 0  # generations started (a clean state each), per thread and graph
+    generations: int = 0  # generations started (a clean state each), summed over threads
     not_cached: int = 0  # computed values not cached because they were not finite (NaN / inf)
     compiles: int = 0  # variants compiled
     compile_time_s: float = 0.0
