@@ -86,3 +86,14 @@ def test_overhead_quick_runs():
     names = [r["method"] for r in result["rows"]]
     assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache skipped step"]
     assert result["skipped_step_blocks"]["skipped"] > 0
+
+
+def test_soak_quick_runs():
+    """The soak loop end to end on a few generations: interrupted, 1-step and CFG-off runs, size changes."""
+    from bench import soak
+
+    result = soak.main(["--quick", "--generations", "12", "--every", "6"])
+    last = result["records"][-1]
+    assert result["counts"]["interrupted"] == 1 and result["counts"]["one_step"] >= 1
+    assert last["instances"] == last["graphs_compiled"]  # one model per graph here (their options differ)
+    assert last["skipped_steps"] > 0 and last["decision_log"] <= 2 * 256
