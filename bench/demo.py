@@ -75,9 +75,9 @@ def main(argv=None) -> None:
     print(f"reference Wan DiT, {len(PROMPTS)} prompts, {args.steps} steps, CFG {args.guidance} "
           f"(diffusers WanPipeline, separate cond/uncond calls), {torch.get_num_threads()} threads")
     ms = methods(args.compiler)
-    outputs, times, full, warmup = measure(ms, model, cond, uncond, seeds=[0], steps=args.steps,
+    outputs, times, full, warmup, cache_bytes = measure(ms, model, cond, uncond, seeds=[0], steps=args.steps,
                                            guidance=args.guidance, repeats=args.repeats)
-    table = rows(ms, outputs, times, full, warmup, ms[:1], args.compiler, args.steps, [0])
+    table = rows(ms, outputs, times, full, warmup, ms[:1], args.compiler, args.steps, [0], cache_bytes)
     print()
     print(markdown_table(table))
     judged = score(outputs[0][0], PROMPTS)

@@ -55,7 +55,29 @@ def fxcache_methods(compiler: str) -> list[Method]:
     ]
     batched = fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)
     batched.cfg = "batched"
-    return m + [batched]
+    # Block-level policies (issue 8): published defaults first, then a small sweep.
+    blocks = [
+        fxcache_method("fora", "interval=3", compiler),
+        fxcache_method("fora", "interval=2", compiler, interval=2),
+        fxcache_method("pab", "spatial=2 cross=6", compiler, spatial_range=2, cross_range=6, temporal_range=None),
+        fxcache_method("pab", "spatial=3 cross=7", compiler, spatial_range=3, cross_range=7, temporal_range=None),
+        fxcache_method("taylorseer", "interval=5 order=1", compiler),
+        fxcache_method("taylorseer", "interval=3 order=1", compiler, interval=3),
+        fxcache_method("taylorseer", "interval=3 order=2", compiler, interval=3, order=2),
+        fxcache_method("tgate", "gate=10 sp=5", compiler),
+        fxcache_method("tgate", "gate=25 sp=5", compiler, gate_step=25),
+        fxcache_method("deltadit", "interval=3", compiler),
+        fxcache_method("deltadit", "interval=2", compiler, interval=2),
+        fxcache_method("blockdance", "i=L/2 N=2 t<600", compiler),
+        fxcache_method("blockdance", "i=L/2 N=3 t<600", compiler, interval=3),
+        fxcache_method("dbcache", "F1B0 R0.08 W8", compiler, Fn=1, threshold=0.08),
+        fxcache_method("dbcache", "F1B0 R0.12 W8 taylor O1", compiler, Fn=1, threshold=0.12, forecast="taylor"),
+        fxcache_method("dbcache", "F2B1 R0.12 W8", compiler, Fn=2, Bn=1, threshold=0.12),
+        fxcache_method("fbcache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
+        fxcache_method("teacache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan) taylor O1", compiler, ratios=ratios, forecast="taylor"),
+    ]
+    return m + [batched] + blocks
 
 
 def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
@@ -117,9 +139,9 @@ def run(args) -> list[dict]:
     print_(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "
         f"{args.repeats} timed repeats (seed {args.seeds[0]}), {torch.get_num_threads()} threads")
     log = print if not args.quiet else (lambda *_: None)
-    outputs, times, full, warmup = measure(methods, transformer, cond, uncond, seeds=args.seeds, steps=args.steps,
+    outputs, times, full, warmup, cache_bytes = measure(methods, transformer, cond, uncond, seeds=args.seeds, steps=args.steps,
                                            guidance=args.guidance, repeats=args.repeats, log=log)
-    return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds)
+    return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds, cache_bytes)
 
 
 def report_markdown(meta: dict, records: list[dict]) -> str:

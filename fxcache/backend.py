@@ -7,11 +7,15 @@ no block list or the policy cannot use it.
 
 from __future__ import annotations
 
+import inspect
+import threading
 import warnings
 import weakref
+from collections.abc import Mapping
 
 import torch
 
+from .errors import option_error
 from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
 from .runtime.executor import Runtime
@@ -25,36 +29,76 @@ COMPILERS = ("inductor", "eager")
 
 # Runtimes alive, so that fxcache.stats(model) can find the instances of `model` in them.
 _RUNTIMES: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+# The runtime of each distinct (graph, inputs, options): Dynamo compiles a frame once per thread that reaches it
+# while no compiled code exists yet, so two threads starting two models at once get two identical graphs. One
+# runtime for both keeps each instance's state in one place (instances_of would otherwise find two, one stale).
+_BY_GRAPH: "weakref.WeakValueDictionary[tuple, Runtime]" = weakref.WeakValueDictionary()
+_COMPILE_LOCK = threading.Lock()
 _PLAIN_GRAPHS: list[dict] = []  # graphs compiled without caching, for explain()
 _WARNED: set[str] = set()
 
 
-def parse_options(options: dict | None) -> tuple[Policy, dict]:
-    """Validate options; return the policy and the engine settings. Errors name the option and what is accepted."""
-    options = dict(options or {})
+def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
+    """Validate options; return the policy and the engine settings. Every error is an `OptionError` (a ValueError
+    that Dynamo passes through unwrapped, see errors.py) naming the option and what is accepted."""
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise option_error(f"fxcache: options must be a dict such as {{'policy': {DEFAULT_POLICY!r}}}, "
+                           f"got {type(options).__name__} {options!r}")
+    options = dict(options)
+    bad_keys = [k for k in options if not isinstance(k, str)]
+    if bad_keys:
+        raise option_error(f"fxcache: option names must be strings such as 'policy', got {bad_keys[0]!r}")
     name = options.pop("policy", DEFAULT_POLICY)
-    if name not in POLICIES:
-        raise ValueError(f"fxcache: unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
+    if not isinstance(name, str) or name not in POLICIES:
+        raise option_error(f"fxcache: unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
     compiler = options.pop("compiler", "inductor")
-    if compiler not in COMPILERS:
-        raise ValueError(f"fxcache: option 'compiler' must be one of {COMPILERS}, got {compiler!r}")
+    if not isinstance(compiler, str) or compiler not in COMPILERS:
+        raise option_error(f"fxcache: option 'compiler' must be one of {COMPILERS}, got {compiler!r}")
     num_steps = options.pop("num_steps", None)
     if num_steps is not None and (not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1):
-        raise ValueError(f"fxcache: option 'num_steps' must be a positive int or None, got {num_steps!r}")
+        raise option_error(f"fxcache: option 'num_steps' must be a positive int or None, got {num_steps!r}")
     max_variants = options.pop("max_variants", 16)
     if not isinstance(max_variants, int) or isinstance(max_variants, bool) or max_variants < 2:
-        raise ValueError(f"fxcache: option 'max_variants' must be an int >= 2, got {max_variants!r}")
+        raise option_error(f"fxcache: option 'max_variants' must be an int >= 2, got {max_variants!r}")
     decision_log = options.pop("decision_log", DECISION_LOG)
     if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
-        raise ValueError(f"fxcache: option 'decision_log' (decision records kept per model) must be an int >= 0, "
-                         f"got {decision_log!r}")
+        raise option_error(f"fxcache: option 'decision_log' (decision records kept per model) must be an int "
+                           f">= 0, got {decision_log!r}")
     policy = POLICIES[name](**options)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
                     "decision_log": decision_log}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
-    policy, engine = parse_options(options)
+    try:
+        policy, engine = parse_options(options)
+    except ValueError as e:  # an OptionError: Dynamo re-raises it to the caller as it is (errors.py)
+        e.first_useful_frame = inspect.currentframe()  # its traceback starts here, not in Dynamo's frames
+        raise
+    key = _graph_key(gm, example_inputs, options)
+    with _COMPILE_LOCK:
+        runtime = _BY_GRAPH.get(key)
+        if runtime is None:
+            runtime = _compile(gm, example_inputs, policy, engine)
+            if isinstance(runtime, Runtime):
+                _BY_GRAPH[key] = runtime
+        return runtime
+
+
+def _graph_key(gm: torch.fx.GraphModule, example_inputs, options) -> tuple:
+    """What makes two graphs the same computation: their code, the metadata of their inputs, the options."""
+    def meta(x):
+        if isinstance(x, torch.Tensor):
+            return ("T", tuple(map(str, x.shape)), tuple(map(str, x.stride())), x.dtype, x.device.type,
+                    isinstance(x, torch.nn.Parameter))
+        return (type(x).__name__, str(x) if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) else None)
+
+    return gm.code, tuple(meta(x) for x in example_inputs), repr(sorted((options or {}).items()))
+
+
+def _compile(gm, example_inputs, policy: Policy, engine: dict):
     d = discover(gm, example_inputs)
     reason = None
     if d is None:
@@ -67,7 +111,7 @@ def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | No
     if reason is not None:
         if policy.name != "none" and reason not in _WARNED:
             _WARNED.add(reason)
-            warnings.warn(f"fxcache: {reason}; compiling it without caching", stacklevel=2)
+            warnings.warn(f"fxcache: {reason}; compiling it without caching", stacklevel=3)
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
         return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
     runtime = Runtime(gm, d, policy, **engine)
@@ -96,6 +140,7 @@ def _param_ids(example_inputs) -> frozenset:
 def _reset() -> None:
     for r in list(_RUNTIMES):
         r.reset()
+    _BY_GRAPH.clear()
     _WARNED.clear()
 
 

@@ -29,6 +29,17 @@ def describe(model) -> str:
             sites += [Site("residual", 0, c), Site("residual", c, d.num_units)]
         sites = [s for s in sites if d.site_ok(s)] + [Site("indicator", name=n) for n in d.indicators]
         lines.append("  sites: " + ", ".join(str(s) for s in sites))
+        if d.modules:
+            per_block: dict = {}
+            for m in d.modules.values():
+                per_block.setdefault(m.site.start, []).append(f"{m.site.name}={m.role}{'/temporal' if m.temporal else ''}")
+            first = next(iter(per_block.values()))
+            same = all(v == first for v in per_block.values())
+            lines.append(f"  inside blocks ({len(d.modules)} module sites, before their gates): "
+                         + (f"every block: {', '.join(first)} ({m.module_type} ...)" if same else
+                            "; ".join(f"{k}: {', '.join(v)}" for k, v in per_block.items())))
+        else:
+            lines.append("  inside blocks: no attention or MLP module found (block-level policies only)")
         streams = sorted({name for s in inst.all_streams() for name in s.states})
         lines.append(f"  streams seen: {', '.join(streams) or '-'} "
                      f"({'separate cond/uncond calls' if len(streams) > 1 else 'one call per step'})")

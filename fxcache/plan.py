@@ -7,13 +7,17 @@ compiled variant of the graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Site:
     """A cacheable value. kind "residual": output minus input streams of block units [start, stop);
-    "indicator": a probe value such as TeaCache's modulated input (`name`); "output": the model output."""
+    "stream": the streams leaving units [start, stop) themselves (reused: those units are skipped);
+    "module": the output of submodule `name` (e.g. "attn1", "ff") of unit `start` (passes/modules.py);
+    "indicator": a probe value such as TeaCache's modulated input (`name`); "output": the model output;
+    "cfg": the low and high band images of (this stream's output - the peer stream's output of the same step),
+    from which a reused call rebuilds its output without running the model (passes/cfg.py)."""
 
     kind: str
     start: int = 0
@@ -21,8 +25,10 @@ class Site:
     name: str = ""
 
     def __str__(self) -> str:
-        if self.kind == "residual":
-            return f"residual[{self.start}:{self.stop}]"
+        if self.kind in ("residual", "stream"):
+            return f"{self.kind}[{self.start}:{self.stop}]"
+        if self.kind == "module":
+            return f"{self.name}[{self.start}]"
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
 
@@ -38,16 +44,38 @@ class Stop:
 
 @dataclass(frozen=True)
 class Plan:
-    reuse: frozenset = frozenset()  # residual sites replaced by "input + cached residual"
+    reuse: frozenset = frozenset()  # sites replaced by their last cached value (a residual: input + cached residual)
+    forecast: frozenset = frozenset()  # sites replaced by sum_i coeffs[i] * (cached value i computed steps ago)
     write: frozenset = frozenset()  # sites whose value this call stores into the stream's cache
     measure: frozenset = frozenset()  # (site, metric) pairs read by the policy; metric "rel_l1" or "mag_ratio",
     # both against the site's cached value
     start: Stop | None = None  # continue from a probe that stopped here
     stop: Stop | None = None  # stop here (a probe) and ask the policy again
     label: str = "full"  # what stats record: "full", "skip", "probe", ...
+    # The forecast's weights, one per cached value (slot 0: the newest). Not part of the plan's identity: they are
+    # an input of the compiled variant, so a weight that changes every step compiles nothing new.
+    coeffs: tuple = field(default=(), compare=False)
+    # The stream whose cached values the variant reads as ("peer", ...) inputs (the CFG branch: the cond stream
+    # of the same step). Not part of the plan's identity either.
+    peer: str | None = field(default=None, compare=False)
+
+    @property
+    def rebuilds(self) -> bool:
+        """The output is rebuilt from the peer stream (FasterCache's CFG-Cache): the model does not run."""
+        return CFG in self.reuse
+
+    @property
+    def slots(self) -> int:
+        return len(self.coeffs) if self.forecast else 0
+
+    def key(self) -> tuple:
+        """The identity of the compiled variant (the number of forecast weights matters, not their values)."""
+        return (self.reuse, self.forecast, self.slots, self.write, self.measure, self.start, self.stop)
 
 
 FULL = Plan()
+OUTPUT = Site("output")
+CFG = Site("cfg")
 
 
 def residual(start: int, stop: int) -> Site:

@@ -142,7 +142,7 @@ def test_separate_calls_keep_separate_state(name, models):
     assert all(steps == list(range(1, 21)) for steps in per_stream.values())
     caches = [inst.streams().states[s].cache for s in ("stream0", "stream1")]
     head = next(k for k in caches[0] if k.start == 0)
-    assert not torch.equal(caches[0][head][0], caches[1][head][0])  # cond and uncond residuals differ
+    assert not torch.equal(caches[0][head][0][0], caches[1][head][0][0])  # cond and uncond residuals differ
     # Naming the streams explicitly gives the same result as detecting them.
     del runtime, inst, caches, cm
     torch._dynamo.reset()

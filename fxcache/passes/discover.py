@@ -18,6 +18,8 @@ import torch
 import torch.fx as fx
 
 from ..plan import Site, Stop
+from . import symbolic
+from .modules import find_module_sites
 
 _INDEXED = re.compile(r"^(.*?)(?:\.(\d+)|\[(\d+)\]|\._modules\['(\d+)'\])$")
 
@@ -44,6 +46,9 @@ class Discovery:
     indicators: dict[str, fx.Node] = field(default_factory=dict)
     last_use: dict[fx.Node, int] = field(default_factory=dict)
     placeholders: list[fx.Node] = field(default_factory=list)
+    symbols: dict = field(default_factory=dict)  # size symbol -> where to read it (symbolic.size_symbols)
+    modules: dict = field(default_factory=dict)  # Site -> ModuleSite: attention / MLP outputs inside blocks
+    _free: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_units(self) -> int:
@@ -73,21 +78,48 @@ class Discovery:
     def residual_ok(self, a: int, b: int) -> bool:
         """Can units [a, b) be replaced by their cached residual? Every stream leaving the range must match one
         entering it, and nothing the range defines may be needed after it but those streams (this rules out
-        long skip connections such as HunyuanDiT's)."""
+        long skip connections such as HunyuanDiT's) and size values any variant can recompute (`recomputable`)."""
         pairs = self.pairs(a, b)
         if pairs is None:
             return False
         lo, hi = self.cuts[a], self.cuts[b]
         allowed = {y for _, y in pairs}
-        return all(n in allowed or self.last_use.get(n, -1) < hi for n in self.nodes[lo:hi])
+        return all(n in allowed or self.last_use.get(n, -1) < hi or self.recomputable(n)
+                   for n in self.nodes[lo:hi])
+
+    def recomputable(self, n: fx.Node) -> bool:
+        """Is `n` a size value (SymInt, number, x.size(); automatic dynamic shapes) that a variant can compute
+        without the range defining it, from the graph's size inputs? Such a node never blocks a cut."""
+        ok = self._free.get(n)
+        if ok is None:
+            ok = symbolic.is_size_value(n) and symbolic.free_symbols(n) <= set(self.symbols)
+            if ok:
+                try:  # a trial rebuild: every function in the expression has a handler
+                    g = fx.Graph()
+                    symbolic.build(g, n, lambda s: g.placeholder(str(s)))
+                except Exception:  # noqa: BLE001 - not rebuildable: the node keeps the cut closed
+                    ok = False
+            self._free[n] = ok
+        return ok
+
+    def valid_cuts(self) -> list[int]:
+        """Cuts 0 < c < U where the stack can be split into two valid residuals (every cut of most models;
+        for Latte only those between spatial+temporal pairs)."""
+        return [c for c in range(1, self.num_units)
+                if self.residual_ok(0, c) and self.residual_ok(c, self.num_units)]
 
     def first_residual_cut(self) -> int | None:
-        """The first cut c >= 1 such that units [0, c) form a valid residual (the 'first block' of FBCache;
-        for Latte it is the first spatial+temporal pair)."""
-        for c in range(1, self.num_units):
-            if self.residual_ok(0, c) and self.residual_ok(c, self.num_units):
-                return c
-        return None
+        """The first valid cut: the end of the 'first block' of FBCache (for Latte the first spatial+temporal
+        pair)."""
+        cuts = self.valid_cuts()
+        return cuts[0] if cuts else None
+
+    def snap(self, c: int, lo: int = 0, hi: int | None = None) -> int | None:
+        """The cut in [lo, hi] nearest to `c` among 0, U and the valid cuts (ties go up): where a policy's
+        block count (a range end, a front/back split) lands on a model whose blocks come in pairs."""
+        hi = self.num_units if hi is None else hi
+        cands = [x for x in [0, *self.valid_cuts(), self.num_units] if lo <= x <= hi]
+        return min(cands, key=lambda x: (abs(x - c), -x)) if cands else None
 
     def position(self, stop: Stop) -> int:
         """Node position of a plan boundary."""
@@ -96,10 +128,12 @@ class Discovery:
         return self.pos[self.indicators[stop.name]] + 1
 
     def site_ok(self, site: Site) -> bool:
-        if site.kind == "residual":
+        if site.kind in ("residual", "stream"):
             return self.residual_ok(site.start, site.stop)
         if site.kind == "indicator":
             return site.name in self.indicators
+        if site.kind == "module":
+            return site in self.modules
         return False
 
     def live_at(self, p: int) -> list[fx.Node]:
@@ -207,8 +241,10 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
                   hidden=_find_input(placeholders, example_inputs, ("hidden_states", "sample", "latent", "['x']"),
                                      unless=("encoder",)),
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
-                  last_use=last_use, placeholders=placeholders)
+                  last_use=last_use, placeholders=placeholders,
+                  symbols=symbolic.size_symbols(placeholders, is_param_like))
     d.indicators = _indicators(d)
+    d.modules = find_module_sites(d, _normalise)
     return d
 
 

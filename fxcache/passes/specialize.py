@@ -1,15 +1,24 @@
 """Specialize: plan -> variant graph. A pure function of (Dynamo graph, discovery, plan).
 
 The variant computes the node range [start, stop) of the original graph with:
-- reused residual sites: the range's nodes are not copied; its output streams become `input + cached residual`;
+- reused sites: a residual site's units are not copied, its output streams become `input + cached residual`
+  (a "stream" site: the cached streams themselves); a module site's (attention / MLP inside a block) ops are not
+  copied and what the block reads from it becomes the cached value, so the norms, modulation and gates around it
+  still use the current step's inputs;
+- forecast sites: as reused ones, with "the cached value" replaced by `sum_i coeffs[i] * cached value i` (slot 0
+  the newest) and the weights an input of the variant (linear extrapolation, Taylor expansion: the policy
+  chooses the weights);
 - written / measured sites: their values (and relative-L1 numerator/denominator against the cached value) become
   extra outputs;
 - a probe (`plan.stop`): outputs everything a continuation may need; a continuation (`plan.start`): takes the
-  probe's values as inputs.
+  probe's values as inputs;
+- a rebuild (FasterCache's CFG-Cache): none of the graph, the output blended from the peer stream's (passes/cfg.py).
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
 
 Inputs and outputs are described by keys, which the runtime uses to wire tensors:
-  inputs : ("arg", i) original input i | ("val", name) value computed by the probe | ("cache", site, j)
+  inputs : ("arg", i) original input i | ("val", name) value computed by the probe | ("cache", site, j, slot) |
+           ("peer", site, j, slot) the same from the plan's peer stream | ("coef",) the forecast weights (1-D
+           float32)
   outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
            ("num", site) | ("den", site) | ("mag", site)
 """
@@ -23,8 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..plan import Plan, Site
+from ..plan import CFG, OUTPUT, Plan, Site
 from ..triton_kernels import rel_l1_sums
+from . import cfg, symbolic
 from .discover import Discovery
 
 
@@ -38,18 +48,23 @@ class Variant:
 
 def _site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]:
     """(outputs, inputs) of a site in original nodes; an indicator has no inputs."""
-    if site.kind == "residual":
+    if site.kind in ("residual", "stream"):
         pairs = d.pairs(site.start, site.stop)
         return [y for _, y in pairs], [x for x, _ in pairs]
     if site.kind == "indicator":
         return [d.indicators[site.name]], []
-    if site.kind == "output":
+    if site.kind == "module":
+        return list(d.modules[site].outputs), []
+    if site.kind in ("output", "cfg"):
         out = d.nodes[-1].args[0]
-        return [out[0] if isinstance(out, (tuple, list)) else out], []
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return ([out, out] if site.kind == "cfg" else [out]), []
     raise ValueError(f"unsupported site {site}")
 
 
 def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
+    if plan.rebuilds:
+        return _rebuild_variant(gm, d)
     start = d.position(plan.start) if plan.start is not None else 0
     stop = d.position(plan.stop) if plan.stop is not None else len(d.nodes)
     g = fx.Graph()
@@ -67,37 +82,79 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         return ph
 
     arg_index = {n: i for i, n in enumerate(d.placeholders)}
+    coef: list[fx.Node] = []
+
+    def cached_value(site: Site, j: int, like: fx.Node, name: str) -> fx.Node:
+        """The value of output j of `site` taken from the cache: the newest value, or the plan's forecast."""
+        if site not in plan.forecast:
+            return placeholder(("cache", site, j, 0), like, name)
+        if not coef:
+            coef.append(placeholder(("coef",), None, "forecast_coeffs"))
+        acc = None
+        for i in range(plan.slots):
+            term = g.call_function(torch.mul, (g.call_function(operator.getitem, (coef[0], i)),
+                                               placeholder(("cache", site, j, i), like, f"{name}_slot{i}")))
+            acc = term if acc is None else g.call_function(torch.add, (acc, term))
+        return acc
+
+    # Module sites replaced from the cache: their outputs are read from it, their ops are not copied.
+    replaced: dict[fx.Node, tuple[Site, int]] = {}
+    for site in plan.reuse | plan.forecast:
+        if site.kind == "module":
+            for j, o in enumerate(d.modules[site].outputs):
+                replaced[o] = (site, j)
+    dropped = set().union(*(d.modules[s].nodes for s in plan.reuse | plan.forecast if s.kind == "module"))
 
     def value(n: fx.Node) -> fx.Node:
         if n not in env:
             if n.op == "placeholder":
                 env[n] = placeholder(("arg", arg_index[n]), n, n.name)
+            elif n in replaced:
+                site, j = replaced[n]
+                env[n] = cached_value(site, j, n, f"cache_{site.name}_{site.start}_{j}")
+            elif d.recomputable(n):  # a size value in a skipped range or before `start`: computed here
+                env[n] = size_value(n)
             elif d.pos[n] < start:
                 env[n] = placeholder(("val", n.name), n, f"probe_{n.name}")
             else:
                 raise RuntimeError(f"fxcache: {n.name} is needed before it is computed (plan {plan})")
         return env[n]
 
+    def size_value(n: fx.Node):
+        """Copy size node `n` when what it reads is at hand here (placeholders, copied nodes, other size values);
+        otherwise rebuild it from its sympy expression over the graph's size inputs."""
+        if all(a.op == "placeholder" or a in env or d.recomputable(a) for a in n.all_input_nodes):
+            return g.node_copy(n, value)
+
+        def symbol(sym):
+            where = d.symbols[sym]
+            if where[0] == "arg":
+                return value(where[1])
+            return g.call_method("size", (value(where[1]), where[2]))
+
+        return symbolic.build(g, n, symbol)
+
     # Reused residual ranges: at the cut where the range ends, its streams become input + cached residual.
     skip_ranges = []
     at_cut: dict[int, list[Site]] = {}
-    for site in plan.reuse:
-        lo, hi = d.cuts[site.start], d.cuts[site.stop]
-        skip_ranges.append((lo, hi))
-        at_cut.setdefault(hi, []).append(site)
+    for site in plan.reuse | plan.forecast:
+        if site.kind in ("residual", "stream"):
+            lo, hi = d.cuts[site.start], d.cuts[site.stop]
+            skip_ranges.append((lo, hi))
+            at_cut.setdefault(hi, []).append(site)
 
     def rebuild(p: int) -> None:
         for site in at_cut.pop(p, []):
             outs, ins = _site_nodes(d, site)
             for j, (o, i) in enumerate(zip(outs, ins)):
-                cached = placeholder(("cache", site, j), o, f"cache_{site.kind}_{site.start}_{site.stop}_{j}")
-                env[o] = g.call_function(torch.add, (value(i), cached))
+                cached = cached_value(site, j, o, f"cache_{site.kind}_{site.start}_{site.stop}_{j}")
+                env[o] = cached if site.kind == "stream" else g.call_function(torch.add, (value(i), cached))
 
     output_node = d.nodes[-1]
     for p in range(start, min(stop, len(d.nodes))):
         rebuild(p)
         n = d.nodes[p]
-        if n.op in ("placeholder", "output") or any(lo <= p < hi for lo, hi in skip_ranges):
+        if n.op in ("placeholder", "output") or n in dropped or any(lo <= p < hi for lo, hi in skip_ranges):
             continue
         env[n] = g.node_copy(n, value)
     rebuild(min(stop, len(d.nodes) - 1))
@@ -113,6 +170,10 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         outs, ins = _site_nodes(d, site)
         if site.kind == "residual":
             return [g.call_function(torch.sub, (value(o), value(i))) for o, i in zip(outs, ins)]
+        if site.kind == "cfg":  # band images of (this output - the peer stream's output of this step)
+            peer = placeholder(("peer", OUTPUT, 0, 0), outs[0], "peer_output")
+            both = g.call_function(cfg.bands, (value(outs[0]), peer))
+            return [g.call_function(operator.getitem, (both, j)) for j in (0, 1)]
         return [value(o) for o in outs]
 
     measured = {site: [] for site, _ in plan.measure}
@@ -131,7 +192,8 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         if measured.get(site):
             # Against the cached value, per sample (dim 0), first stream only (the image stream of
             # dual-stream blocks, as FBCache does).
-            ref = placeholder(("cache", site, 0), None, f"ref_{site.kind}_{site.start}_{site.stop}{site.name}")
+            ref = placeholder(("cache", site, 0, 0), _site_nodes(d, site)[0][0],
+                              f"ref_{site.kind}_{site.start}_{site.stop}{site.name}")
             x = g.call_method("float", (vals[0],))
             r = g.call_method("float", (ref,))
             b = g.call_method("size", (x, 0))
@@ -160,6 +222,8 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             _, ins = _site_nodes(d, site)
             needed.update(i for i in ins if d.pos[i] < stop and i.op != "placeholder")
         for n in sorted(needed, key=d.pos.__getitem__):
+            if d.recomputable(n):  # the continuation computes size values itself
+                continue
             if n in env or d.pos[n] < start:
                 emit(("val", n.name), value(n))
     g.output(tuple(results))
@@ -177,8 +241,35 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             g.erase_node(ph)
     g.lint()
     computed = sum(1 for k, u in enumerate(d.units)
-                   if start <= u.start < stop and not any(s.start <= k < s.stop for s in plan.reuse))
+                   if start <= u.start < stop and not any(s.kind in ("residual", "stream") and s.start <= k < s.stop
+                                                          for s in plan.reuse | plan.forecast))
     return Variant(fx.GraphModule(gm, g), keep, outputs, computed)
+
+
+def _rebuild_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
+    """The output rebuilt from the peer stream's output and this stream's cached band images; nothing of the
+    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`)."""
+    g = fx.Graph()
+    out = _site_nodes(d, OUTPUT)[0][0]
+    keys = [("peer", OUTPUT, 0, 0), ("cache", CFG, 0, 0), ("cache", CFG, 1, 0), ("coef",)]
+    phs = [g.placeholder(name) for name in ("peer_output", "cfg_low", "cfg_high", "cfg_scales")]
+    for ph in phs[:3]:
+        ph.meta = copy.copy(out.meta)
+    g.output((g.call_function(cfg.rebuild, tuple(phs)),))
+    return Variant(fx.GraphModule(gm, g), keys, [("out", 0)], 0)
+
+
+def rebuildable(d: Discovery) -> str | None:
+    """Why the model output cannot be rebuilt by FasterCache's CFG-Cache, or None if it can: the graph must
+    return one tensor with the spatial dimensions last (a latent image or video, rank >= 4)."""
+    out = d.nodes[-1].args[0]
+    flat = list(out) if isinstance(out, (tuple, list)) else [out]
+    if len(flat) != 1 or not isinstance(flat[0], fx.Node):
+        return f"the model returns {len(flat)} values, not one latent"
+    v = flat[0].meta.get("example_value", flat[0].meta.get("val"))
+    if not isinstance(v, torch.Tensor) or v.ndim < 4:
+        return "the model output is not a latent image or video (rank >= 4, spatial dimensions last)"
+    return None
 
 
 def _continuation_sites(d: Discovery) -> list[Site]:

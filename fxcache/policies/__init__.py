@@ -1,9 +1,17 @@
 """Policies: one file per method family. `POLICIES` maps every accepted name to its class."""
 
 from .base import NoCache, Param, Policy, Unsupported
+from .blockdance import BlockDance
+from .dbcache import DBCache
+from .deltadit import DeltaDiT
+from .fastercache import FasterCache
 from .fbcache import FBCache
+from .fora import FORA
 from .magcache import MagCache
+from .pab import PAB
+from .taylorseer import TaylorSeer
 from .teacache import DynamicCache, TeaCache
+from .tgate import TGate
 
 __all__ = ["POLICIES", "Param", "Policy", "Unsupported"]
 
@@ -13,4 +21,12 @@ POLICIES: dict[str, type[Policy]] = {
     "teacache": TeaCache,
     "dynamiccache": DynamicCache,
     "magcache": MagCache,
+    "dbcache": DBCache,
+    "fora": FORA,
+    "pab": PAB,
+    "taylorseer": TaylorSeer,
+    "tgate": TGate,
+    "deltadit": DeltaDiT,
+    "blockdance": BlockDance,
+    "fastercache": FasterCache,
 }

@@ -4,9 +4,12 @@ options are validated (and documented) in one place."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import option_error
 from ..plan import FULL, Plan
 
 
@@ -21,20 +24,46 @@ class Param:
     doc: str
     check: Callable[[Any], bool] | None = None
     accepted: str = ""  # shown in errors: what values are allowed
+    optional: bool = False  # None is accepted too (it means "off")
 
     def validate(self, policy: str, name: str, value: Any) -> Any:
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        if float in kinds and real(value):  # ints and numpy scalars too
             value = float(value)
-        if value is None and self.default is None:
+        elif int in kinds and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
+        if value is None and (self.default is None or self.optional):
             return None
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
-            raise ValueError(f"fxcache: option {name!r} of policy {policy!r} must be {names}"
-                             f"{' (' + self.accepted + ')' if self.accepted else ''}, got {value!r}")
+            raise option_error(f"fxcache: option {name!r} of policy {policy!r} must be {names}"
+                               f"{' (' + self.accepted + ')' if self.accepted else ''}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise option_error(f"fxcache: option {name!r} of policy {policy!r} must be a finite float"
+                               f"{' (' + self.accepted + ')' if self.accepted else ''}, got {value!r}")
         if self.check is not None and not self.check(value):
-            raise ValueError(f"fxcache: option {name!r} of policy {policy!r} must be {self.accepted}, got {value!r}")
+            raise option_error(f"fxcache: option {name!r} of policy {policy!r} must be {self.accepted}, "
+                               f"got {value!r}")
         return value
+
+
+def real(v) -> bool:
+    """A real number (int, float, numpy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def finite_reals(v, minimum: float | None = None) -> bool:
+    """A non-empty list or tuple of finite real numbers (bools are not numbers here), each >= `minimum`."""
+    return (isinstance(v, (list, tuple)) and len(v) > 0
+            and all(real(x) and math.isfinite(x) and (minimum is None or x >= minimum) for x in v))
+
+
+def timestep_1000(t: float | None, first: float | None) -> float | None:
+    """`t` on the 0-1000 scale of the published timestep windows: models that pass t in [0, 1] (Flux, SD3's
+    sigmas) are rescaled, judged from the first timestep of the generation."""
+    if t is None:
+        return None
+    return t * 1000.0 if first is not None and first <= 1.0 else t
 
 
 def positive(v) -> bool:
@@ -57,8 +86,9 @@ class Policy:
         for key, value in options.items():
             if key not in self.params:
                 accepted = ", ".join(sorted(self.params)) or "none"
-                raise ValueError(f"fxcache: unknown option {key!r} for policy {self.name!r}; "
-                                 f"its options are: {accepted} (plus policy, compiler, num_steps, max_variants)")
+                raise option_error(f"fxcache: unknown option {key!r} for policy {self.name!r}; "
+                                   f"its options are: {accepted} (plus policy, compiler, num_steps, max_variants, "
+                                   f"decision_log)")
         for key, p in self.params.items():
             setattr(self, key, p.validate(self.name, key, options.get(key, p.default)))
 
@@ -73,6 +103,10 @@ class Policy:
 
     def decide(self, call, state, measured: dict) -> Plan:
         raise NotImplementedError(f"policy {self.name} asked for a probe but cannot decide")
+
+    def depth(self, site) -> int:
+        """How many computed values of `site` to keep (slot 0 the newest): 1, or more for forecasts."""
+        return 1
 
     def observe(self, call, state, measured: dict, plan: Plan) -> None:
         """Told what the call's final plan measured (for policies that learn from computed steps)."""

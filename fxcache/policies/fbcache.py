@@ -10,21 +10,24 @@ output matches its input in shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..plan import Plan, Stop, residual
 from .base import Param, Policy, Unsupported, non_negative, positive
+from .forecast import StepForecast
 
 
 @dataclass
 class FBState:
     has_ref: bool = False
     skips: int = 0
+    computed: list = field(default_factory=list)
 
 
-class FBCache(Policy):
+class FBCache(StepForecast, Policy):
     name = "fbcache"
     params = {
+        **StepForecast.PARAMS,
         "threshold": Param(0.05, float, "relative L1 of the first block's residual below which the rest is reused",
                            non_negative, ">= 0"),
         "warmup_steps": Param(0, int, "steps always computed at the start of each stream", non_negative, ">= 0"),
@@ -46,6 +49,7 @@ class FBCache(Policy):
     def plan(self, call, state: FBState) -> Plan:
         if not state.has_ref or call.step <= self.warmup_steps:
             state.has_ref, state.skips = True, 0
+            self.computed_at(state, call.step)
             return self.write_all
         return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
 
@@ -54,6 +58,7 @@ class FBCache(Policy):
         can_skip = self.max_consecutive_skips is None or state.skips < self.max_consecutive_skips
         if d < self.threshold and can_skip:
             state.skips += 1
-            return Plan(reuse=frozenset({self.tail}), start=self.cut, label="skip")
+            return self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip")
         state.skips = 0
+        self.computed_at(state, call.step)
         return Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full")

@@ -19,9 +19,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import option_error
 from ..families import family
 from ..plan import Plan, residual
-from .base import Param, Policy, Unsupported, fraction, non_negative, positive
+from .base import Param, Policy, Unsupported, finite_reals, fraction, non_negative, positive
+from .forecast import StepForecast
 
 DEFAULTS = {"wan": (0.12, 2, 0.2), "flux": (0.24, 5, 0.1), "hunyuanvideo": (0.24, 6, 0.2)}
 DIFFUSERS = (0.06, 3, 0.2)
@@ -31,18 +33,28 @@ def _ratios_ok(v) -> bool:
     if isinstance(v, str):
         return True
     if isinstance(v, dict):
-        return all(isinstance(x, list) and x for x in v.values())
-    return isinstance(v, (list, tuple)) and len(v) > 0
+        return len(v) > 0 and all(isinstance(k, str) and finite_reals(x, 0.0) for k, x in v.items())
+    return finite_reals(v, 0.0)
+
+
+RATIOS_ACCEPTED = "a path, a non-empty list of finite floats >= 0, or {stream name: such a list}"
 
 
 def load_ratios(source) -> dict[str, list[float]]:
     """{stream: [gamma_1..gamma_N]} from a calibration file, a dict, or one list for every stream."""
     if isinstance(source, str):
         path = Path(source)
+        record = f"record one with options={{'policy': 'magcache', 'calibrate': {source!r}}}"
         if not path.exists():
-            raise ValueError(f"fxcache: option 'ratios' of policy 'magcache': no file {source!r}; record one with "
-                             f"options={{'policy': 'magcache', 'calibrate': {source!r}}}")
-        source = json.loads(path.read_text())["streams"]
+            raise option_error(f"fxcache: option 'ratios' of policy 'magcache': no file {source!r}; {record}")
+        try:
+            source = json.loads(path.read_text())["streams"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise option_error(f"fxcache: option 'ratios' of policy 'magcache': {str(path)!r} is not a MagCache "
+                               f"calibration file ({type(e).__name__}: {e}); {record}") from None
+        if isinstance(source, str) or not _ratios_ok(source):
+            raise option_error(f"fxcache: option 'ratios' of policy 'magcache': the ratios in {str(path)!r} must "
+                               f"be {RATIOS_ACCEPTED}, got {source!r}; {record}")
     if isinstance(source, dict):
         return {k: [float(x) for x in v] for k, v in source.items()}
     return {"*": [float(x) for x in source]}
@@ -60,11 +72,13 @@ class MagState:
     error: float = 0.0
     has_residual: bool = False
     recorded: list = field(default_factory=list)
+    computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
 
 
-class MagCache(Policy):
+class MagCache(StepForecast, Policy):
     name = "magcache"
     params = {
+        **StepForecast.PARAMS,
         "threshold": Param(None, float, "accumulated error |1 - R| allowed (None: family default)",
                            non_negative, ">= 0 or None"),
         "max_skips": Param(None, int, "K: most consecutive reused steps (None: family default)", positive,
@@ -72,15 +86,15 @@ class MagCache(Policy):
         "retention": Param(None, float, "rho: fraction of steps always computed at the start (None: family "
                            "default)", fraction, "in [0, 1] or None"),
         "ratios": Param(None, (str, list, tuple, dict), "calibration file or ratio list", _ratios_ok,
-                        "a path, a list of floats, or {stream: list}"),
+                        RATIOS_ACCEPTED),
         "calibrate": Param(None, str, "record ratios from an uncached run into this JSON file", None, "a path"),
     }
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
         if self.ratios is None and self.calibrate is None:
-            raise ValueError("fxcache: policy 'magcache' needs option 'ratios' (a calibration file or list) or "
-                             "'calibrate' (a path to record one into)")
+            raise option_error("fxcache: policy 'magcache' needs option 'ratios' (a calibration file or list) or "
+                               "'calibrate' (a path to record one into)")
         self.table = load_ratios(self.ratios) if self.ratios is not None else None
         self.recorded: dict[str, list[float]] = {}
 
@@ -113,8 +127,9 @@ class MagCache(Policy):
             state.skips += 1
             state.error += abs(1.0 - state.ratio)
             if state.error < self.thresh and state.skips <= self.k:
-                return Plan(reuse=frozenset({self.stack}), label="skip")
+                return self.skipped(call, state, frozenset({self.stack}), label="skip")
         state.ratio, state.skips, state.error, state.has_residual = 1.0, 0, 0.0, True
+        self.computed_at(state, call.step)
         return Plan(write=frozenset({self.stack}), label="full")
 
     def observe(self, call, state: MagState, measured: dict, plan: Plan) -> None:

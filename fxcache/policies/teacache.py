@@ -14,13 +14,14 @@ and the identity otherwise (the published ones were fitted on the papers' models
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..families import family
 from ..plan import Plan, Site, Stop, residual
-from .base import Param, Policy, Unsupported, non_negative
+from .base import Param, Policy, Unsupported, finite_reals, non_negative
+from .forecast import StepForecast
 
 # (coefficients c4..c0, indicator they were fitted for), from TeaCache's repository.
 COEFFICIENTS = {
@@ -37,8 +38,7 @@ INDICATORS = ("modulated_input", "timestep", "output")
 
 
 def _coefficients_ok(v) -> bool:
-    return v in ("auto", "identity") or (isinstance(v, (list, tuple)) and len(v) >= 1
-                                          and all(isinstance(c, (int, float)) for c in v))
+    return v in ("auto", "identity") if isinstance(v, str) else finite_reals(v)
 
 
 @dataclass
@@ -47,17 +47,19 @@ class TeaState:
     has_ref: bool = False  # a computed step has written the stack's residual and the indicator
     estimate: float | None = None  # "output" indicator: last measured per-step change
     previous_computed: int = 0
+    computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
 
 
-class TeaCache(Policy):
+class TeaCache(StepForecast, Policy):
     name = "teacache"
     params = {
+        **StepForecast.PARAMS,
         "threshold": Param(0.1, float, "accumulated rescaled change that triggers a computed step (paper: 0.1 "
                            "slow, 0.2 fast)", non_negative, ">= 0"),
         "indicator": Param("modulated_input", str, "what to measure", lambda v: v in INDICATORS,
                            " | ".join(INDICATORS)),
         "coefficients": Param("auto", (str, list, tuple), "rescaling polynomial, highest degree first",
-                              _coefficients_ok, "'auto', 'identity' or a list of floats"),
+                              _coefficients_ok, "'auto', 'identity' or a non-empty list of finite floats"),
         "warmup_steps": Param(1, int, "steps always computed at the start", non_negative, ">= 0"),
     }
 
@@ -99,13 +101,14 @@ class TeaCache(Policy):
                 return self._computed(call, state)
             state.acc += state.estimate
             if state.acc < self.threshold:
-                return Plan(reuse=frozenset({self.stack}), label="skip")
+                return self.skipped(call, state, frozenset({self.stack}), label="skip")
             state.acc = 0.0
             return self._computed(call, state)
         return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
                     label="probe")
 
     def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
+        self.computed_at(state, call.step)
         if self.indicator == "output" and not first:
             return Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}), label="full")
         return self.compute
@@ -113,8 +116,9 @@ class TeaCache(Policy):
     def decide(self, call, state: TeaState, measured: dict) -> Plan:
         state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
         if state.acc < self.threshold:
-            return Plan(reuse=frozenset({self.stack}), start=self.stop, label="skip")
+            return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
         state.acc = 0.0
+        self.computed_at(state, call.step)
         return Plan(write=frozenset({self.stack}), start=self.stop, label="full")
 
     def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:

@@ -77,19 +77,19 @@ class Runtime:
                             "by a change of input shapes; call fxcache.reset(model) between generations")
         call = Call(st.step, st.name, streams.last_t, self.num_steps)
         plan = self.policy.plan(call, st.policy)
-        unread = [s for s in plan.reuse if s in st.pending]
+        unread = [s for s in plan.reuse | plan.forecast if s in st.pending]
         if unread and self._settle(st, unread, inst):
             plan = self.policy.plan(call, st.policy)  # the stream started over: its policy plans afresh
         values: dict = {}
         scratch: dict = {}
         measured: dict = {}
-        outputs, computed = self._run(plan, args, st, values, scratch, measured, inst)
+        outputs, computed = self._run(plan, args, st, values, scratch, measured, inst, streams)
         if plan.stop is not None:
             probe = plan
             plan = self.policy.decide(call, st.policy, measured)
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
-            outputs, more = self._run(plan, args, st, values, scratch, measured, inst)
+            outputs, more = self._run(plan, args, st, values, scratch, measured, inst, streams)
             computed += more
         self.policy.observe(call, st.policy, measured, plan)
         self._count(inst, streams.generation != generation, call, plan, computed, measured)
@@ -115,10 +115,12 @@ class Runtime:
                         f"in {', '.join(map(str, sites))}; they were not cached and the next step computes "
                         f"(warned once; fxcache.stats(model).not_cached counts them)", key="non-finite")
 
-    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst):
+    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
+             streams: Streams):
         # Sites a probe already produced are stored from it rather than computed again.
         done = frozenset(s for s in plan.write if s in scratch)
-        run_plan = Plan(plan.reuse, plan.write - done, plan.measure, plan.start, plan.stop, plan.label)
+        run_plan = Plan(plan.reuse, plan.forecast, plan.write - done, plan.measure, plan.start, plan.stop,
+                        plan.label, plan.coeffs, plan.peer) if done else plan
         variant, _ = self.variants.get(run_plan)
         inputs = []
         for key in variant.inputs:
@@ -127,11 +129,18 @@ class Runtime:
                 inputs.append(args[key[1]])
             elif kind == "val":
                 inputs.append(values[key[1]])
-            else:
-                cached = st.cache.get(key[1])
-                if cached is None:
-                    raise RuntimeError(f"fxcache: policy {self.policy.name} read {key[1]} before writing it")
-                inputs.append(cached[key[2]])
+            elif kind in ("cache", "peer"):
+                owner = st if kind == "cache" else streams.states.get(plan.peer)
+                slots = owner.cache.get(key[1], ()) if owner is not None else ()
+                if len(slots) <= key[3]:
+                    what = f"{key[1]} of stream {plan.peer}" if kind == "peer" else str(key[1])
+                    when = ("before writing it" if not slots else
+                            f"from {key[3]} computed steps ago, but only {len(slots)} are kept")
+                    raise RuntimeError(f"fxcache: policy {self.policy.name} read {what} {when}")
+                inputs.append(slots[key[3]][key[2]])
+            else:  # "coef": the forecast weights, on the device of the values they weigh
+                device = next((i.device for i in inputs if isinstance(i, torch.Tensor)), None)
+                inputs.append(torch.tensor(plan.coeffs, dtype=torch.float32, device=device))
         fn = self.variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
         outs, reads = [], []
@@ -165,12 +174,13 @@ class Runtime:
                 for s in bad:
                     st.drop(s)
         for site in plan.write:
-            st.store(site, scratch[site], scratch.get(("fin", site)))
+            st.store(site, scratch[site], scratch.get(("fin", site)), self.policy.depth(site))
         return (tuple(outs) if plan.stop is None else None), variant.units_computed
 
     def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict) -> None:
         total = self.discovery.num_units
         dist = next(iter(measured.values()), None)
+        reused = sum(1 for x in plan.reuse if x.kind == "module")
         with inst.lock:
             s = inst.stats
             s.calls += 1
@@ -178,9 +188,12 @@ class Runtime:
             s.generations += new_generation
             s.blocks_computed += computed
             s.blocks_skipped += total - computed
+            s.sites_reused += reused
+            s.sites_forecast += len(plan.forecast)
+            s.cfg_reused += plan.rebuilds
             if computed >= total:
                 s.full_steps += 1
             else:
                 s.skipped_steps += 1
             s.record({"step": call.step, "stream": call.stream, "decision": plan.label,
-                      "distance": dist, "blocks": computed})
+                      "distance": dist, "blocks": computed, "sites": reused + len(plan.forecast)})

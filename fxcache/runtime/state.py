@@ -71,19 +71,28 @@ def timestep_value(ts) -> float | None:
 class StreamState:
     name: str
     step: int = 0  # 1-based index of the current call within this stream's generation
-    cache: dict = field(default_factory=dict)  # Site -> tuple of tensors (buffers the runtime owns)
-    pending: dict = field(default_factory=dict)  # Site -> 0-dim bool tensor: were the stored values finite?
+    # Site -> the last computed values, newest first: a list of slots, each a tuple of tensors (one per output of
+    # the site), in buffers the runtime owns.
+    cache: dict = field(default_factory=dict)
+    pending: dict = field(default_factory=dict)  # Site -> 0-dim bool tensor: were the newest values finite?
     policy: Any = None  # the policy's own per-stream state
     shapes: tuple = ()
 
-    def store(self, site, values, finite=None) -> None:
-        old = self.cache.get(site)
-        if old is not None and len(old) == len(values) and all(
-                o.shape == v.shape and o.dtype == v.dtype for o, v in zip(old, values)):
-            for o, v in zip(old, values):  # keep buffer addresses stable (CUDA graphs read them in place)
+    def store(self, site, values, finite=None, depth: int = 1) -> None:
+        """Make `values` slot 0 of `site`, keeping at most `depth` slots. The oldest slot's buffers take the new
+        values when shapes allow, so buffer addresses stay fixed (CUDA graphs read them in place)."""
+        slots = self.cache.setdefault(site, [])
+        if slots and not all(len(s) == len(values) and all(o.shape == v.shape and o.dtype == v.dtype
+                                                           for o, v in zip(s, values)) for s in slots):
+            slots.clear()
+        if len(slots) >= depth:
+            buffers = slots.pop()
+            del slots[depth - 1:]
+            for o, v in zip(buffers, values):
                 o.copy_(v)
         else:
-            self.cache[site] = tuple(v.detach().clone() for v in values)
+            buffers = tuple(v.detach().clone() for v in values)
+        slots.insert(0, buffers)
         if finite is None:
             self.pending.pop(site, None)
         else:
@@ -94,7 +103,7 @@ class StreamState:
         self.pending.pop(site, None)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for vals in self.cache.values() for t in vals)
+        return sum(t.numel() * t.element_size() for slots in self.cache.values() for vals in slots for t in vals)
 
 
 def _same(a, b) -> bool:

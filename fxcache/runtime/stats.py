@@ -16,6 +16,8 @@ class Stats:
     skipped_steps: int = 0  # ... that reused cached work for some blocks
     blocks_computed: int = 0
     blocks_skipped: int = 0
+    sites_reused: int = 0  # in-block values (attention / MLP outputs) reused from the cache instead of computed
+    sites_forecast: int = 0  # cached values extrapolated (linear, Taylor) instead of computed
     cfg_reused: int = 0  # calls whose unconditional branch was rebuilt from cache
     generations: int = 0  # generations started (a clean state each), summed over threads
     not_cached: int = 0  # computed values not cached because they were not finite (NaN / inf)
@@ -24,7 +26,7 @@ class Stats:
     cache_bytes: int = 0  # bytes held in cache buffers now (a gauge, filled in by fxcache.stats)
     decision_counts: dict = field(default_factory=dict)  # plan label -> calls, over the model's lifetime
     # The most recent decisions (a bounded log; a list in fxcache.stats' snapshot): step, stream, decision,
-    # distance, blocks computed.
+    # distance, blocks computed, sites (in-block values reused or forecast, and forecast residuals).
     decisions: deque | list = field(default_factory=lambda: deque(maxlen=DECISION_LOG))
 
     def record(self, entry: dict) -> None:
@@ -47,5 +49,6 @@ class Stats:
     def summary(self) -> str:
         return (f"{self.steps} steps: {self.full_steps} full, {self.skipped_steps} cached; "
                 f"blocks {self.blocks_computed} computed / {self.blocks_skipped} skipped; "
+                f"sites {self.sites_reused} reused / {self.sites_forecast} forecast; "
                 f"cfg reused {self.cfg_reused}; {self.compiles} variants compiled in {self.compile_time_s:.1f} s; "
                 f"cache {self.cache_bytes / 2**20:.1f} MiB")

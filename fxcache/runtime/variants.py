@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from typing import Callable
 
@@ -26,16 +27,19 @@ def inner_compile(gm: fx.GraphModule, example_inputs: list, compiler: str) -> Ca
 class VariantCache:
     def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int) -> None:
         self.gm, self.discovery, self.compiler, self.max_variants = gm, discovery, compiler, max_variants
-        self._entries: OrderedDict[Plan, tuple[Variant, Callable | None]] = OrderedDict()
+        # Keyed by Plan.key(): plans that differ only in label or forecast weights share one variant.
+        self._entries: OrderedDict[tuple, tuple[Variant, Callable | None]] = OrderedDict()
+        self._compiled_plans: set[tuple] = set()  # every plan compiled so far, evicted ones included
+        self._warned_thrash = False
         # Compiled code is shared by every model instance and thread that runs this graph: one lock around the
         # table and compilation (Inductor is not re-entrant); running compiled code needs no lock.
         self._lock = threading.RLock()
 
     def get(self, plan: Plan) -> tuple[Variant, Callable | None]:
-        entry = self._entries.get(plan)
+        entry = self._entries.get(plan.key())
         if entry is not None:
             try:
-                self._entries.move_to_end(plan)
+                self._entries.move_to_end(plan.key())
             except KeyError:  # evicted by another thread meanwhile
                 pass
             return entry
@@ -43,13 +47,14 @@ class VariantCache:
             return self._get(plan)
 
     def _get(self, plan: Plan) -> tuple[Variant, Callable | None]:
-        entry = self._entries.get(plan)
+        key = plan.key()
+        entry = self._entries.get(key)
         if entry is None:
             entry = (specialize(self.gm, self.discovery, plan), None)
-            self._entries[plan] = entry
+            self._entries[key] = entry
             while len(self._entries) > self.max_variants:
                 self._entries.popitem(last=False)
-        self._entries.move_to_end(plan)
+        self._entries.move_to_end(key)
         return entry
 
     def compiled(self, plan: Plan, example_inputs: list, stats) -> Callable:
@@ -61,6 +66,8 @@ class VariantCache:
             variant, fn = self._get(plan)
             if fn is not None:
                 return fn
+            if plan.key() in self._compiled_plans:
+                self._thrashing(plan)
             t0 = time.perf_counter()
             if self.compiler == "eager":
                 fn = variant.gm
@@ -69,8 +76,21 @@ class VariantCache:
                 fn(*example_inputs)  # compiles the pieces now, so that compile time is counted here
             stats.compiles += 1
             stats.compile_time_s += time.perf_counter() - t0
-            self._entries[plan] = (variant, fn)
+            self._entries[plan.key()] = (variant, fn)
+            self._compiled_plans.add(plan.key())
             return fn
+
+    def _thrashing(self, plan: Plan) -> None:
+        """`plan` was compiled before and evicted: max_variants is below the number of plans the model cycles
+        through, so variants are compiled again and again. Warned once per graph."""
+        if self._warned_thrash:
+            return
+        self._warned_thrash = True
+        n = len(self._compiled_plans)
+        warnings.warn(f"fxcache: option 'max_variants'={self.max_variants} is too small for this model: it has "
+                      f"used {n} distinct plans so far, and plan {plan.label!r}, evicted from the variant cache, "
+                      f"is being compiled again; set max_variants >= {n} (default 16) to compile each plan once "
+                      f"(warned once)", stacklevel=2)
 
     def _compile_piece(self, gm: fx.GraphModule, example_inputs: list) -> Callable:
         return inner_compile(gm, example_inputs, self.compiler)

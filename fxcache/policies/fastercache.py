@@ -1,0 +1,126 @@
+"""FasterCache (Vchitect/FasterCache; diffusers `FasterCacheConfig`): dynamic feature reuse of self-attention and
+CFG-Cache of the unconditional branch. Defaults are diffusers' generic ones (timestep windows), with the
+per-model schedules of the paper as presets (ALGORITHMS.md §1).
+
+Per stream, i counts the calls (0-based, diffusers' `iteration`); t is on the 0-1000 scale.
+- CFG-Cache (the unconditional stream): computed when i == 0, outside `uncond_window`, or when i % uncond_range
+  == 0; there it caches the low / high band images of (uncond - cond) of the same step (passes/cfg.py). Otherwise
+  it is rebuilt from this step's cond output: cond + s_L·low + s_H·high, where s_L (s_H) is multiplied by
+  `alpha_low` (`alpha_high`) on every rebuilt step inside `low_window` (`high_window`) and reset to 1 by a
+  computed step (the compounding of the official code and of diffusers). The model does not run.
+- Feature reuse (the conditional stream, diffusers' choice): on steps whose uncond call is rebuilt, inside
+  `attention_window` and with i % attention_range != 0, every block's self-attention output is extrapolated as
+  F + w·(F - F_old) from the last two *computed* outputs (the official code; diffusers' two-slot cache also
+  takes in the extrapolated ones, so its F_old can be an approximation); the gates, norms, cross-attention and
+  MLP are computed.
+
+Which call is which: the streams named "cond" / "uncond" with `fxcache.context`, else the first call of a step
+is the conditional one and the second the unconditional one (the order of diffusers' Wan and Flux pipelines).
+A pipeline that calls uncond first without naming the streams gets its *cond* call rebuilt from the uncond one:
+the same approximation mirrored, which FasterCache does not do; name the streams there. Batched CFG
+(`[uncond; cond]` in one call: CogVideoX, Latte, PixArt, SD3) gets feature reuse only, on every step that
+passes the attention schedule: the half-batch graph that CFG-Cache needs there is not implemented yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..passes.modules import sites_with
+from ..passes.specialize import rebuildable
+from ..plan import CFG, OUTPUT, Plan
+from .base import Param, Policy, Unsupported, positive, timestep_1000
+from .forecast import linear
+
+UNCOND = ("uncond", "stream1")
+COND = {"uncond": "cond", "stream1": "stream0"}
+
+
+def _window_ok(v) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and v[0] < v[1])
+
+
+def _window(doc: str, default) -> Param:
+    return Param(default, (list, tuple), doc + " (open interval on the 0-1000 timestep scale)", _window_ok,
+                 "(lo, hi) with lo < hi")
+
+
+@dataclass
+class FasterState:
+    i: int = 0
+    first_t: float | None = None
+    s_low: float = 1.0
+    s_high: float = 1.0
+    has_bands: bool = False
+    computed_attention: int = 0
+
+
+class FasterCache(Policy):
+    name = "fastercache"
+    params = {
+        "attention_range": Param(2, int, "self-attention computed every this many calls inside its window",
+                                 positive, ">= 1"),
+        "attention_window": _window("where self-attention may be extrapolated", (-1.0, 681.0)),
+        "attention_weight": Param(0.5, float, "w of F + w (F - F_old)", lambda v: 0 <= v <= 2, "0..2"),
+        "uncond_range": Param(5, int, "uncond computed every this many calls inside its window", positive,
+                              ">= 1"),
+        "uncond_window": _window("where the uncond output may be rebuilt", (-1.0, 641.0)),
+        "alpha_low": Param(1.1, float, "low-band scale per rebuilt step inside low_window", positive, "> 0"),
+        "low_window": _window("where the low band is scaled", (99.0, 901.0)),
+        "alpha_high": Param(1.1, float, "high-band scale per rebuilt step inside high_window", positive, "> 0"),
+        "high_window": _window("where the high band is scaled", (-1.0, 301.0)),
+    }
+
+    def bind(self, d) -> None:
+        self.attention = frozenset(sites_with(d, ("attn",)))
+        self.why_not_cfg = rebuildable(d)
+        if not self.attention and self.why_not_cfg:
+            raise Unsupported(f"no self-attention module inside the blocks and {self.why_not_cfg}")
+        self.cond_full = Plan(write=frozenset({OUTPUT}) | self.attention, label="full")
+        self._plans: dict = {}
+
+    def new_state(self) -> FasterState:
+        return FasterState()
+
+    def depth(self, site) -> int:
+        return 2 if site in self.attention else 1
+
+    @staticmethod
+    def _inside(t, window) -> bool:
+        return t is not None and window[0] < t < window[1]
+
+    def _rebuilt(self, i: int, t, has_bands: bool) -> bool:
+        return (self.why_not_cfg is None and has_bands and i > 0 and self._inside(t, self.uncond_window)
+                and i % self.uncond_range != 0)
+
+    def plan(self, call, state: FasterState) -> Plan:
+        i = state.i
+        state.i += 1
+        if state.first_t is None:
+            state.first_t = call.timestep
+        t = timestep_1000(call.timestep, state.first_t)
+        if call.stream in UNCOND:
+            if self._rebuilt(i, t, state.has_bands):
+                if self._inside(t, self.low_window):
+                    state.s_low *= self.alpha_low
+                if self._inside(t, self.high_window):
+                    state.s_high *= self.alpha_high
+                return Plan(reuse=frozenset({CFG}), coeffs=(state.s_low, state.s_high), peer=COND[call.stream],
+                            label="cfg")
+            if self.why_not_cfg is None:
+                state.s_low = state.s_high = 1.0
+                state.has_bands = True
+                return Plan(write=frozenset({CFG}), peer=COND[call.stream], label="full")
+            return self.cond_full
+        # The cond stream (or the only one, under batched CFG): the uncond call of this step is rebuilt when it
+        # passes the same schedule (its state runs in step with this one's; the bands exist after step 0).
+        separate = call.stream in COND.values()
+        approximate = (state.computed_attention > 0 and self.attention
+                       and (not separate or self._rebuilt(i, t, i > 0))
+                       and self._inside(t, self.attention_window) and i % self.attention_range != 0)
+        if not approximate:
+            state.computed_attention += 1
+            return self.cond_full
+        w = linear(self.attention_weight) if state.computed_attention >= 2 else (1.0,)
+        return Plan(forecast=self.attention, write=frozenset({OUTPUT}), coeffs=w, label="forecast")

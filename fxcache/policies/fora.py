@@ -1,0 +1,45 @@
+"""FORA (Fast-Forward Caching, prathebaselva/FORA).
+
+Every block's attention and MLP outputs (before their gates) are computed and cached on the first step and then
+every `interval` steps; on the steps between, the cached outputs are reused while the norms, the timestep
+modulation and the gates are recomputed with the current step. Default interval 3 (the paper's DiT-XL setting).
+FORA's DiT has no cross-attention; where a block has one, it is cached with the same schedule (a choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..passes.modules import sites_with
+from ..plan import Plan
+from .base import Param, Policy, Unsupported, positive
+
+
+@dataclass
+class ScheduleState:
+    """For policies that decide from the step number alone: whether this stream's cache has been written since
+    the state was made (a new generation, or a stream that started over after a non-finite value)."""
+
+    written: bool = False
+
+
+class FORA(Policy):
+    name = "fora"
+    params = {"interval": Param(3, int, "compute (and cache) every this many steps, reuse in between", positive,
+                                ">= 1")}
+
+    def bind(self, d) -> None:
+        sites = frozenset(sites_with(d))
+        if not sites:
+            raise Unsupported("no attention or MLP module found inside the blocks")
+        self.compute = Plan(write=sites, label="full")
+        self.reuse = Plan(reuse=sites, label="reuse")
+
+    def new_state(self) -> ScheduleState:
+        return ScheduleState()
+
+    def plan(self, call, state: ScheduleState) -> Plan:
+        if not state.written or (call.step - 1) % self.interval == 0:
+            state.written = True
+            return self.compute
+        return self.reuse

@@ -1,0 +1,75 @@
+"""Forecast weights: a forecast value is a weighted sum of a site's last computed values (slot 0 the newest), so
+every forecaster is a function from the steps those values were computed at to one weight per slot. The variant
+computes the sum inside the compiled graph; the weights are its input, so they change per step without a
+recompile.
+
+- FasterCache's linear extrapolation `F + w (F - F_old)`: weights (1 + w, -w).
+- TaylorSeer's expansion of order m: the factors F^(j+1) = (F^(j)_new - F^(j)_old) / (s_new - s_old) are built at
+  every computed step from the last computed step's factors (divided differences over the computed steps, as
+  TaylorSeer's `taylor_utils` and diffusers' `TaylorSeerCacheHook` do), and the value at step s is
+  sum_j F^(j) (s - s_last)^j / j!. F^(j) at the newest computed step depends only on the last j + 1 computed
+  values, so replaying the recursion over them gives the weights exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+FORECASTS = ("reuse", "taylor")
+
+
+def linear(w: float) -> tuple[float, float]:
+    return (1.0 + w, -w)
+
+
+def taylor(computed: list[int], step: int, order: int) -> tuple[float, ...]:
+    """Weights over the values computed at `computed` (newest first, at most order + 1 used) for step `step`."""
+    chron = list(reversed(computed[: order + 1]))
+    n = len(chron)
+    factors: list[list[float]] = []  # factor j as weights over chron positions
+    for idx, s in enumerate(chron):
+        new = [[1.0 if i == idx else 0.0 for i in range(n)]]
+        if idx > 0:
+            delta = s - chron[idx - 1]
+            for j in range(min(order, len(factors))):
+                new.append([(a - b) / delta for a, b in zip(new[j], factors[j])])
+        factors = new
+    offset = step - chron[-1]
+    weights = [sum(f[i] * offset ** j / math.factorial(j) for j, f in enumerate(factors)) for i in range(n)]
+    return tuple(reversed(weights))  # slot 0 = newest
+
+
+class StepForecast:
+    """Mixin for the step-level policies (fbcache, teacache, magcache): option `forecast` says what a skipped
+    step adds to its input, the last computed residual ("reuse", the published methods) or its Taylor forecast
+    of order `order` over the last computed steps ("taylor": TaylorSeer's expansion applied to the skipped
+    blocks' residual, the idea of cache-dit's DBCache + TaylorSeer calibrator). The policy's state keeps
+    `computed`: the steps whose residual it wrote, newest first."""
+
+    PARAMS: dict = {}  # filled below (Param lives in base.py, which imports nothing from here)
+
+    def depth(self, site) -> int:
+        return self.order + 1 if self.forecast == "taylor" else 1
+
+    def computed_at(self, state, step: int) -> None:
+        state.computed = [step, *state.computed][: self.order + 1]
+
+    def skipped(self, call, state, sites: frozenset, **plan) -> "Plan":
+        from ..plan import Plan
+
+        if self.forecast == "reuse" or len(state.computed) < 2:
+            return Plan(reuse=sites, **plan)
+        return Plan(forecast=sites, coeffs=taylor(state.computed, call.step, self.order), **plan)
+
+
+def _params():
+    from .base import Param
+
+    return {
+        "forecast": Param("reuse", str, "what a skipped step adds: the last computed residual or its forecast",
+                          lambda v: v in FORECASTS, " | ".join(FORECASTS)),
+        "order": Param(1, int, "order of the 'taylor' forecast", lambda v: 1 <= v <= 4, "1..4"),
+    }
+
+
+StepForecast.PARAMS = _params()
