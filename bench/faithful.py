@@ -94,7 +94,10 @@ def _peer(method: str, setting: str):
 
 
 def fxcache_decisions(stats, modules_per_block: int) -> list[tuple[int, int]]:
-    return [(r["blocks"], r["blocks"] * modules_per_block - r["sites"]) for r in stats.decisions]
+    """(blocks run, cached modules run) per call; `sites` also counts forecast residuals, which are no modules:
+    for a method that caches no module (modules_per_block 0) the second number is 0."""
+    return [(r["blocks"], r["blocks"] * modules_per_block - r["sites"] if modules_per_block else 0)
+            for r in stats.decisions]
 
 
 def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, ratios_path: Path) -> dict:

@@ -197,7 +197,8 @@ def plot_pareto(rows: list[dict], path, title: str) -> None:
         labels += [(r[x], min(cap, r["psnr_mean"]), f"{r['method']} {r['setting']}", color) for r in front]
     ax.axhline(30, color="gray", ls=":", lw=1)
     ax.axvline(2, color="gray", ls=":", lw=1)
-    ax.set(xlabel="speedup over uncached eager (median; bar = min-max of repeats)",
+    on_eager = all(r.get("speedup_vs_eager") for r in rows if r["provider"] != "none")
+    ax.set(xlabel=f"speedup over uncached {'eager' if on_eager else 'baseline'} (median; bar = min-max of repeats)",
            ylabel=f"mean PSNR vs uncached, dB (uncached = {cap:.0f})", title=title)
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)

@@ -57,6 +57,12 @@ def fxcache_methods(compiler: str) -> list[Method]:
     batched.cfg = "batched"
     # Block-level policies (issue 8): published defaults first, then a small sweep.
     blocks = [
+        # FasterCache at the peers' three settings (bench/peers.py), on WanPipeline's separate cond/uncond calls
+        fxcache_method("fastercache", "config defaults: attn<681 uncond<641 w=0.5", compiler),
+        fxcache_method("fastercache", "docs: attn<681 uncond<781 w=0.3", compiler, attention_weight=0.3,
+                       uncond_window=(-1, 781)),
+        fxcache_method("fastercache", "attn<901 uncond<901 w=0.3", compiler, attention_weight=0.3,
+                       attention_window=(-1, 901), uncond_window=(-1, 901)),
         fxcache_method("fora", "interval=3", compiler),
         fxcache_method("fora", "interval=2", compiler, interval=2),
         fxcache_method("pab", "spatial=2 cross=6", compiler, spatial_range=2, cross_range=6, temporal_range=None),
@@ -129,7 +135,12 @@ def run(args) -> list[dict]:
             baselines.append(b)
     methods = baselines + (fxcache_methods(compiler) if not args.quick else
                            [fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)])
-    methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
+    if args.only:  # a subset: these fxcache methods (and peers of these names), with their own baselines
+        names = set(args.only.split(","))
+        methods = baselines + [m for m in methods[len(baselines):] if m.name in names]
+        methods += [m for m in peer_methods(transformer, args.steps, args.guidance, args.quick) if m.name in names]
+    else:
+        methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
     if not RATIOS.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
         from .calibrate import calibrate_magcache
 
@@ -167,6 +178,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--only", default=None,
+                    help="comma-separated method names (e.g. fora,pab): only these, with their own uncached "
+                         "baselines, written to quality-<name>.{json,md} beside the full run's files")
+    ap.add_argument("--name", default="subset", help="with --only: the name of the subset's files")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.repeats = 6, [0], 1
@@ -188,11 +203,14 @@ def main(argv=None) -> list[dict]:
             "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
             "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
-    (out / "quality.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
-    (out / "quality.md").write_text(report_markdown(meta, records))
-    plot_pareto(records, out / "pareto.png", f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
+    stem = "quality" if not args.only else f"quality-{args.name}"
+    meta["command"] += f" --only {args.only}" if args.only else ""
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(report_markdown(meta, records))
+    plot_pareto(records, out / ("pareto.png" if not args.only else f"pareto-{args.name}.png"),
+                f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
     print(frontier_table(records) + "\n\n" + markdown_table(records))
-    print(f"wrote {out}/quality.json, quality.md, pareto.png in {time.time() - t0:.0f} s")
+    print(f"wrote {out}/{stem}.json, {stem}.md and the plot in {time.time() - t0:.0f} s")
     return records
 
 

@@ -21,7 +21,7 @@ from fxcache.policies import forecast
 from fxcache.runtime.executor import Call
 
 from .loop import denoise
-from .test_engine import TOLERANCE, rel_l1
+from .test_engine import TOLERANCE, models, rel_l1  # noqa: F401 - `models`: the fixture of uncached references
 from .zoo import CORE, ZOO
 
 NEW = ("fora", "pab", "taylorseer", "tgate", "deltadit", "blockdance", "dbcache")
@@ -271,20 +271,6 @@ OPTIONS["fbcache-taylor"] = {"policy": "fbcache", "threshold": 0.2, "max_consecu
 OPTIONS["teacache-taylor"] = {"policy": "teacache", "threshold": 0.3, "forecast": "taylor", "order": 2}
 
 
-@pytest.fixture(scope="module")
-def refs():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            entry = ZOO[name]
-            model = entry.build()
-            cache[name] = (entry, model, denoise(model, entry))
-        return cache[name]
-
-    return get
-
-
 # Every option set on Wan; each other family with the policies whose sites it exercises differently.
 CASES = ([("wan", k) for k in OPTIONS] + [("flux", k) for k in ("fora", "taylorseer", "dbcache", "fbcache-taylor")]
          + [("latte", k) for k in ("pab", "deltadit", "blockdance", "tgate")]
@@ -292,8 +278,8 @@ CASES = ([("wan", k) for k in OPTIONS] + [("flux", k) for k in ("fora", "taylors
 
 
 @pytest.mark.parametrize("name, key", CASES)
-def test_policy_on_zoo_model(name, key, refs):
-    entry, model, ref = refs(name)
+def test_policy_on_zoo_model(name, key, models):
+    entry, model, ref = models(name)
     cm = compile_(model, **OPTIONS[key])
     out = denoise(cm, entry)
     s = fxcache.stats(cm)
@@ -378,9 +364,9 @@ def test_fastercache_schedule_by_hand():
         assert Site("output") in cond.write
 
 
-def test_fastercache_on_separate_and_batched_cfg(refs):
+def test_fastercache_on_separate_and_batched_cfg(models):
     for name, rebuilds in (("wan", True), ("pixart", False)):
-        entry, model, ref = refs(name)
+        entry, model, ref = models(name)
         cm = compile_(model, policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 1001))
         out = denoise(cm, entry)
         s = fxcache.stats(cm)

@@ -58,9 +58,12 @@ def finite_reals(v, minimum: float | None = None) -> bool:
             and all(real(x) and math.isfinite(x) and (minimum is None or x >= minimum) for x in v))
 
 
-def timestep_1000(t: float | None, first: float | None) -> float | None:
-    """`t` on the 0-1000 scale of the published timestep windows: models that pass t in [0, 1] (Flux, SD3's
-    sigmas) are rescaled, judged from the first timestep of the generation."""
+def timestep_1000(call, state) -> float | None:
+    """The call's timestep on the 0-1000 scale of the published timestep windows: models that pass t in [0, 1]
+    (Flux, SD3's sigmas) are rescaled, judged from the stream's first timestep (kept in `state.first_t`)."""
+    if state.first_t is None:
+        state.first_t = call.timestep
+    t, first = call.timestep, state.first_t
     if t is None:
         return None
     return t * 1000.0 if first is not None and first <= 1.0 else t

@@ -49,9 +49,7 @@ class BlockDance(Policy):
         return DanceState()
 
     def plan(self, call, state: DanceState) -> Plan:
-        if state.first_t is None:
-            state.first_t = call.timestep
-        t = timestep_1000(call.timestep, state.first_t)
+        t = timestep_1000(call, state)
         if t is None or t >= self.stage:
             return self.compute
         if not state.cached or state.since + 1 >= self.interval:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..plan import Plan, residual
-from .base import Param, Policy, Unsupported, fraction, positive, timestep_1000
+from .base import Param, Policy, Unsupported, positive, timestep_1000
 
 
 @dataclass
@@ -55,12 +55,9 @@ class DeltaDiT(Policy):
         return DeltaState()
 
     def plan(self, call, state: DeltaState) -> Plan:
-        if state.first_t is None:
-            state.first_t = call.timestep
-        k = call.step
+        k, t = call.step, timestep_1000(call, state)
         if k == 1 or k % self.interval == 0 or not state.written:
             state.written = True
             return self.compute
-        t = timestep_1000(call.timestep, state.first_t)
         early = t is None or t > self.boundary
         return self.skip_rear if early else self.skip_front

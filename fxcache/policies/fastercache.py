@@ -97,9 +97,7 @@ class FasterCache(Policy):
     def plan(self, call, state: FasterState) -> Plan:
         i = state.i
         state.i += 1
-        if state.first_t is None:
-            state.first_t = call.timestep
-        t = timestep_1000(call.timestep, state.first_t)
+        t = timestep_1000(call, state)
         if call.stream in UNCOND:
             if self._rebuilt(i, t, state.has_bands):
                 if self._inside(t, self.low_window):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..families import family
 from ..passes.modules import sites_with
 from ..plan import Plan
-from .base import Param, Policy, Unsupported, positive, timestep_1000
+from .base import Param, Policy, Unsupported, timestep_1000
 
 PRESETS = {  # family -> (spatial, temporal, cross, window)
     "latte": (2, 3, 6, (100.0, 800.0)),
@@ -79,9 +79,7 @@ class PAB(Policy):
     def plan(self, call, state: PABState) -> Plan:
         i = state.calls
         state.calls += 1
-        if state.first_t is None:
-            state.first_t = call.timestep
-        t = timestep_1000(call.timestep, state.first_t)
+        t = timestep_1000(call, state)
         inside = t is not None and self.window[0] < t < self.window[1]
         reuse = frozenset() if i == 0 or not inside else frozenset().union(
             *(sites for sites, r in self.ranges.items() if i % r != 0))
