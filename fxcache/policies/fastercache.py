@@ -18,8 +18,9 @@ Which call is which: the streams named "cond" / "uncond" with `fxcache.context`,
 is the conditional one and the second the unconditional one (the order of diffusers' Wan and Flux pipelines).
 A pipeline that calls uncond first without naming the streams gets its *cond* call rebuilt from the uncond one:
 the same approximation mirrored, which FasterCache does not do; name the streams there. Batched CFG
-(`[uncond; cond]` in one call: CogVideoX, Latte, PixArt, SD3) gets feature reuse only, on every step that
-passes the attention schedule: the half-batch graph that CFG-Cache needs there is not implemented yet.
+(`[uncond; cond]` in one call: CogVideoX, Latte, PixArt, SD3) gets feature reuse only, on the steps that pass
+both the attention schedule and the uncond schedule (those on which diffusers approximates attention); the
+half-batch graph that CFG-Cache needs there is not implemented yet.
 """
 
 from __future__ import annotations
@@ -90,16 +91,16 @@ class FasterCache(Policy):
     def _inside(t, window) -> bool:
         return t is not None and window[0] < t < window[1]
 
-    def _rebuilt(self, i: int, t, has_bands: bool) -> bool:
-        return (self.why_not_cfg is None and has_bands and i > 0 and self._inside(t, self.uncond_window)
-                and i % self.uncond_range != 0)
+    def _uncond_skipped(self, i: int, t) -> bool:
+        """The uncond schedule: call i at t is one whose uncond branch FasterCache rebuilds."""
+        return i > 0 and self._inside(t, self.uncond_window) and i % self.uncond_range != 0
 
     def plan(self, call, state: FasterState) -> Plan:
         i = state.i
         state.i += 1
         t = timestep_1000(call, state)
         if call.stream in UNCOND:
-            if self._rebuilt(i, t, state.has_bands):
+            if self.why_not_cfg is None and state.has_bands and self._uncond_skipped(i, t):
                 if self._inside(t, self.low_window):
                     state.s_low *= self.alpha_low
                 if self._inside(t, self.high_window):
@@ -111,11 +112,9 @@ class FasterCache(Policy):
                 state.has_bands = True
                 return Plan(write=frozenset({CFG}), peer=COND[call.stream], label="full")
             return self.cond_full
-        # The cond stream (or the only one, under batched CFG): the uncond call of this step is rebuilt when it
-        # passes the same schedule (its state runs in step with this one's; the bands exist after step 0).
-        separate = call.stream in COND.values()
-        approximate = (state.computed_attention > 0 and self.attention
-                       and (not separate or self._rebuilt(i, t, i > 0))
+        # The cond stream (or the only one, under batched CFG): attention is approximated only on steps that
+        # pass the uncond schedule (whose uncond call is rebuilt, where it can be), as in diffusers.
+        approximate = (state.computed_attention > 0 and self.attention and self._uncond_skipped(i, t)
                        and self._inside(t, self.attention_window) and i % self.attention_range != 0)
         if not approximate:
             state.computed_attention += 1
