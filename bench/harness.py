@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from fxcache.backend import _RUNTIMES
 from fxcache.metrics import psnr, rel_l1, ssim
 
 from .pipeline import generate
@@ -96,9 +97,13 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
 
         for i, m in enumerate(methods):  # warm-up: compiles, and gives every clip for the fidelity numbers
             t0 = time.perf_counter()
+            before = set(_RUNTIMES)
             with model_of(i) as model:
                 outputs.append({s: gen(model, m, s) for s in seeds})
-                cache_bytes.append(m.stats(model).cache_bytes if m.stats else None)
+            # The method's own cache buffers: those of the runtimes its first generation created (fxcache.stats
+            # of the shared transformer would also count the other fxcache methods compiled on it).
+            cache_bytes.append(sum(inst.nbytes() for r in set(_RUNTIMES) - before for inst in r.instances.all())
+                               if m.provider == "fxcache" else None)
             warmup.append(time.perf_counter() - t0)
             log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")
         for rep in range(repeats):
