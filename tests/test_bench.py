@@ -97,3 +97,18 @@ def test_soak_quick_runs():
     assert result["counts"]["interrupted"] == 1 and result["counts"]["one_step"] >= 1
     assert last["instances"] == last["graphs_compiled"]  # one model per graph here (their options differ)
     assert last["skipped_steps"] > 0 and last["decision_log"] <= 2 * 256
+
+
+def test_faithful_quick_matches_diffusers_fbcache():
+    """bench.faithful end to end on its quick setting: fxcache's FBCache against diffusers' at the same
+    thresholds makes the same per-call decisions and the same clips."""
+    from bench import faithful
+
+    result = faithful.main(["--quick", "--only", "fbcache"])
+    assert [p["peer"] for p in result["pairs"]] == ["diffusers:fbcache[threshold=0.05]",
+                                                    "diffusers:fbcache[threshold=0.2]"]
+    for pair in result["pairs"]:
+        (clip,) = pair["clips"]
+        assert clip["decisions_identical"] and clip["calls"] == 16, clip
+        assert clip["psnr_fxcache_vs_peer"] == float("inf")
+    assert result["pairs"][1]["clips"][0]["fxcache_blocks_run"] < 16 * 6  # 0.2 skips blocks on 8 steps
