@@ -214,11 +214,12 @@ def plot_pareto(rows: list[dict], path, title: str) -> None:
     for xv, y, text, color in sorted(labels, key=lambda l: (l[1], l[0])):
         px, py = (v * to_pt for v in ax.transData.transform((xv, y)))
         w, h, dy = 3.4 * len(text), 8.0, 4.0
-        while any(px + 4 < bx + bw and bx < px + 4 + w and py + dy < by + bh and by < py + dy + h
+        right = px + 4 + w > ax.get_window_extent().x1 * to_pt  # would leave the axes: put it on the left
+        x0 = px - 4 - w if right else px + 4
+        while any(x0 < bx + bw and bx < x0 + w and py + dy < by + bh and by < py + dy + h
                   for bx, by, bw, bh in boxes):
             dy += 3.0
-        boxes.append((px + 4, py + dy, w, h))
-        right = px + 4 + w > ax.get_window_extent().x1 * to_pt  # would leave the axes: put it on the left
+        boxes.append((x0, py + dy, w, h))
         ax.annotate(text, (xv, y), fontsize=6.5, color=color, xytext=(-4 if right else 4, dy),
                     textcoords="offset points", ha="right" if right else "left",
                     arrowprops=dict(arrowstyle="-", lw=0.4, color=color))
