@@ -36,7 +36,7 @@ def describe(model) -> str:
             first = next(iter(per_block.values()))
             same = all(v == first for v in per_block.values())
             lines.append(f"  inside blocks ({len(d.modules)} module sites, before their gates): "
-                         + (f"every block: {', '.join(first)} ({m.module_type} ...)" if same else
+                         + (f"every block: {', '.join(first)}" if same else
                             "; ".join(f"{k}: {', '.join(v)}" for k, v in per_block.items())))
         else:
             lines.append("  inside blocks: no attention or MLP module found (block-level policies only)")

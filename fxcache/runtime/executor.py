@@ -77,7 +77,7 @@ class Runtime:
                             "by a change of input shapes; call fxcache.reset(model) between generations")
         call = Call(st.step, st.name, streams.last_t, self.num_steps)
         plan = self.policy.plan(call, st.policy)
-        unread = [s for s in plan.reuse | plan.forecast if s in st.pending]
+        unread = [s for s in (*plan.reuse, *plan.forecast) if s in st.pending] if st.pending else ()
         if unread and self._settle(st, unread, inst):
             plan = self.policy.plan(call, st.policy)  # the stream started over: its policy plans afresh
         values: dict = {}

@@ -36,10 +36,11 @@ class VariantCache:
         self._lock = threading.RLock()
 
     def get(self, plan: Plan) -> tuple[Variant, Callable | None]:
-        entry = self._entries.get(plan.key())
+        key = plan.key()
+        entry = self._entries.get(key)
         if entry is not None:
             try:
-                self._entries.move_to_end(plan.key())
+                self._entries.move_to_end(key)
             except KeyError:  # evicted by another thread meanwhile
                 pass
             return entry
