@@ -36,6 +36,8 @@ class Method:
     stats: Callable | None = None  # (model) -> fxcache Stats-like object with full_steps/steps, or None
     persistent: bool = True  # entered once for the whole run; False: hooks on the shared transformer, entered
     # around each generation so that only one such method is active at a time
+    counted: bool = False  # persistent, not fxcache: `enter(transformer, counter)` hooks `counter` where the
+    # shared transformer's probe module would be, so that its full steps are counted too
 
     @property
     def label(self) -> str:
@@ -75,8 +77,14 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
     times = [[] for _ in methods]
     full = [[] for _ in methods]
     probe_module = transformer.blocks[-1].attn1.to_q
+    computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
+
+    def count(*_):
+        computed[0] += 1
+
     with contexts:
-        persistent = {i: contexts.enter_context(m.enter(transformer)) for i, m in enumerate(methods) if m.persistent}
+        persistent = {i: contexts.enter_context(m.enter(transformer, count) if m.counted else m.enter(transformer))
+                      for i, m in enumerate(methods) if m.persistent}
 
         @contextlib.contextmanager
         def model_of(i):
@@ -85,11 +93,6 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
             else:
                 with methods[i].enter(transformer) as model:
                     yield model
-
-        computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
-
-        def count(*_):
-            computed[0] += 1
 
         def gen(model, m, seed):
             return generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
@@ -117,6 +120,10 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
                     times[i].append(time.perf_counter() - t0)
                     if hook is not None:
                         hook.remove()
+                    # A counter inside another library's compiled region can be left out of the graph: it then
+                    # sees no call at all, which no generation can have (its first step computes), so count
+                    # nothing rather than zero full steps.
+                    if hook is not None or (m.counted and computed[0] > 0):
                         full[i].append(computed[0] / (2 if m.cfg == "separate" else 1))
                     if not torch.equal(out, outputs[i][seeds[0]]):
                         raise RuntimeError(f"{m.label}: a repeated generation differs from the first")
@@ -138,9 +145,11 @@ def rows(methods, outputs, times, full, warmup, baselines, compiler: str, steps:
     out = []
     for i, m in enumerate(methods):
         compiled = compiler != "eager" and (m.provider == "fxcache" or (m.provider == "none" and m.setting != "eager"))
-        mode = "compiled" if compiled else "eager"
+        # Peers compile regionally (`counted`) on their own; they are measured against uncached eager, as users
+        # of their eager form would compare them.
+        mode = "compiled" if compiled else "regional" if m.counted else "eager"
         key = next((b.provider, b.setting, b.cfg) for b in baselines
-                   if b.cfg == m.cfg and (b.setting == "eager") == (mode == "eager"))
+                   if b.cfg == m.cfg and (b.setting == "eager") == (mode != "compiled"))
         clips = [(a, b) for s in seeds for a, b in zip(outputs[i][s], ref[s])]
         ps = [psnr(a, b) for a, b in clips]
         finite = [p for p in ps if p != float("inf")]

@@ -371,6 +371,34 @@ def apply_peer(transformer, peer: PeerSetting, *, num_inference_steps: int, cali
     return PeerContext(transformer, peer, num_inference_steps, calibration)
 
 
+# Peers that keep the most of diffusers: hooks plus regional compilation of the repeated blocks, the way the
+# diffusers docs pair them. `fullgraph=True` fails on the hooks' `torch.compiler.disable`.
+REGIONAL_SETTINGS = (("fbcache", "threshold=0.05"), ("fbcache", "threshold=0.1"), ("fbcache", "threshold=0.2"),
+                     ("magcache", "E0.06 K3 R0.2"), ("magcache", "E0.12 K4 R0.2"), ("magcache", "E0.24 K6 R0.2"),
+                     ("taylorseer", "interval=5 order=1"), ("taylorseer", "interval=3 order=1"),
+                     ("pab", "spatial=2 cross=6"), ("fastercache", "docs: attn<681 uncond<781 w=0.3"))
+REGIONAL = " + compile_repeated_blocks"
+
+
+@contextlib.contextmanager
+def apply_peer_regional(transformer, peer: PeerSetting, *, num_inference_steps: int,
+                        calibration: dict | None = None, counter=None):
+    """`peer` on a copy of `transformer`, whose repeated blocks are then compiled
+    (`compile_repeated_blocks(fullgraph=False)`). The copy is the peer's own for as long as the `with` block
+    lasts: Dynamo guards on the hooks, so hooks entered and left around each generation would recompile each
+    time. `counter(module, args)`, if given, becomes a forward pre-hook of the last block's self-attention
+    query projection, registered before compiling so that it does not invalidate the compiled code."""
+    import copy
+
+    own = copy.deepcopy(transformer)
+    handle = own.blocks[-1].attn1.to_q.register_forward_pre_hook(counter) if counter is not None else None
+    with apply_peer(own, peer, num_inference_steps=num_inference_steps, calibration=calibration):
+        own.compile_repeated_blocks(fullgraph=False)
+        yield own
+    if handle is not None:
+        handle.remove()
+
+
 def calibrate_peer(transformer, peer: PeerSetting, prompt_embeds, negative_prompt_embeds, *,
                    num_inference_steps: int, guidance_scale: float) -> dict | None:
     """MagCache: diffusers' own calibration run (`MagCacheConfig(calibrate=True)`, an uncached run that prints

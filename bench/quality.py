@@ -87,7 +87,8 @@ def fxcache_methods(compiler: str) -> list[Method]:
 
 
 def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
-    from .peers import apply_peer, calibrate_peer, cfg_mode, peer_settings
+    from .peers import (REGIONAL, REGIONAL_SETTINGS, apply_peer, apply_peer_regional, calibrate_peer, cfg_mode,
+                        peer_settings)
 
     out = []
     cond, uncond = None, None
@@ -109,6 +110,14 @@ def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[
                                         calibration=calibrations.get(peer.method)), t)
 
         out.append(Method(peer.method, peer.provider, peer.setting, enter, cfg=cfg_mode(peer), persistent=False))
+        if (peer.method, peer.setting) in REGIONAL_SETTINGS and peer.provider == "diffusers" and not quick:
+
+            def enter_regional(t, counter, peer=peer):
+                return apply_peer_regional(t, peer, num_inference_steps=steps,
+                                           calibration=calibrations.get(peer.method), counter=counter)
+
+            out.append(Method(peer.method, peer.provider, peer.setting + REGIONAL, enter_regional,
+                              cfg=cfg_mode(peer), counted=True))
     return out
 
 
