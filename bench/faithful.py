@@ -35,11 +35,16 @@ from .reference.model import load
 RESULTS = Path(__file__).parent / "results"
 MODULES = ("attn1", "attn2", "ffn")  # the reference model's (Wan) cached modules per block
 
-# (fxcache options, the peer's (method, setting) in bench/peers.py, which modules the method caches)
+# (fxcache options, the peer's (method, setting) in bench/peers.py, which modules the method caches[, fxcache's
+# CFG layout where it differs from the peer's])
 PAIRS = [
-    # diffusers' FasterCache needs batched CFG (its hook splits the batch); fxcache's runs the separate calls of
-    # WanPipeline: the same arithmetic up to float rounding of batch 2 vs batch 1 kernels.
-    ({"policy": "fastercache"}, ("fastercache", "config defaults: attn<681 uncond<641 w=0.5"), ("attn1",)),
+    # diffusers' FasterCache needs batched CFG (its hook splits the batch). fxcache's runs both layouts: batched,
+    # as diffusers does, and the separate calls of WanPipeline (the same arithmetic up to the float rounding of
+    # batch 2 vs batch 1 kernels).
+    ({"policy": "fastercache"}, ("fastercache", "config defaults: attn<681 uncond<641 w=0.5"), ("attn1",),
+     "batched"),
+    ({"policy": "fastercache"}, ("fastercache", "config defaults: attn<681 uncond<641 w=0.5"), ("attn1",),
+     "separate"),
     ({"policy": "fbcache", "threshold": 0.05}, ("fbcache", "threshold=0.05"), ()),
     ({"policy": "fbcache", "threshold": 0.2}, ("fbcache", "threshold=0.2"), ()),
     ({"policy": "pab", "spatial_range": 2, "temporal_range": None, "cross_range": 6, "window": (100, 800)},
@@ -100,11 +105,12 @@ def fxcache_decisions(stats, modules_per_block: int) -> list[tuple[int, int]]:
             for r in stats.decisions]
 
 
-def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, ratios_path: Path) -> dict:
+def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, ratios_path: Path,
+             fx_cfg: str | None = None) -> dict:
     import fxcache
 
     cfg = cfg_mode(peer)
-    fx_cfg = "separate" if options["policy"] == "fastercache" else cfg
+    fx_cfg = fx_cfg or cfg
     kw = dict(num_inference_steps=steps, guidance_scale=5.0, cfg=cfg)
     calibration = calibrate_peer(transformer, peer, cond, uncond, num_inference_steps=steps, guidance_scale=5.0)
     options = dict(options)
@@ -190,9 +196,14 @@ def main(argv=None) -> dict:
            "cache_dit": cachedit_status(), "pairs": []}
     ratios = args.out / "faithful_magcache_ratios.json" if not args.quick else Path("/tmp/fxcache_faithful_ratios.json")
     args.out.mkdir(parents=True, exist_ok=True)
-    for options, (method, setting), modules in tqdm(pairs, desc="faithful", unit="pair"):
+    for options, (method, setting), modules, *layout in tqdm(pairs, desc="faithful", unit="pair"):
         out["pairs"].append(run_pair(transformer, cond, uncond, options, _peer(method, setting), modules,
-                                     args.steps, ratios))
+                                     args.steps, ratios, *layout))
+    old = args.out / "faithful.json"
+    if args.only and not args.quick and old.exists():  # a re-run of some policies: keep the others' rows
+        only = args.only.split(",")
+        kept = [r for r in json.loads(old.read_text())["pairs"] if r["fxcache"]["policy"] not in only]
+        out["pairs"] = kept + out["pairs"]
     table = render(out)
     print(table)
     if not args.quick:

@@ -19,6 +19,7 @@ from .errors import option_error
 from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
 from .runtime.executor import Runtime
+from .runtime.halfbatch import HalfBatch, HalfSource
 from .runtime.instances import Instance
 from .runtime.state import Clock
 from .runtime.stats import DECISION_LOG
@@ -115,6 +116,12 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
         return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
     runtime = Runtime(gm, d, policy, **engine)
+    if policy.batched_cfg:
+        source = HalfSource.from_dynamo(gm, d)
+        if isinstance(source, HalfSource):
+            runtime.half = HalfBatch(source, d)
+        else:
+            runtime.why_no_half = source
     _RUNTIMES.add(runtime)
     return runtime
 
@@ -138,8 +145,11 @@ def _param_ids(example_inputs) -> frozenset:
 
 
 def _reset() -> None:
+    # Dynamo drops its compiled code: the runtimes are no model's any more, and fxcache.stats must not find them
+    # (one may outlive the reset a while, held by Dynamo's wrapper of it).
     for r in list(_RUNTIMES):
         r.reset()
+        _RUNTIMES.discard(r)
     _BY_GRAPH.clear()
     _WARNED.clear()
 

@@ -58,11 +58,17 @@ class Plan:
     # The stream whose cached values the variant reads as ("peer", ...) inputs (the CFG branch: the cond stream
     # of the same step). Not part of the plan's identity either.
     peer: str | None = field(default=None, compare=False)
+    # Batched CFG ([uncond; cond] in one call): run only the cond half of the batch through the model's
+    # half-batch graph and rebuild the uncond half from CFG_BATCH (runtime/halfbatch.py).
+    half: bool = False
+    # FasterCache's (s_L, s_H) band scales of a rebuilt uncond output (Site "cfg"). Not part of the identity.
+    scales: tuple = field(default=(), compare=False)
 
     @property
     def rebuilds(self) -> bool:
-        """The output is rebuilt from the peer stream (FasterCache's CFG-Cache): the model does not run."""
-        return CFG in self.reuse
+        """The uncond output is rebuilt (FasterCache's CFG-Cache): from the peer stream's output without running
+        the model (separate calls), or from the cond half of the batch (batched CFG, `half`)."""
+        return CFG in self.reuse or self.half
 
     @property
     def slots(self) -> int:
@@ -70,12 +76,13 @@ class Plan:
 
     def key(self) -> tuple:
         """The identity of the compiled variant (the number of forecast weights matters, not their values)."""
-        return (self.reuse, self.forecast, self.slots, self.write, self.measure, self.start, self.stop)
+        return (self.reuse, self.forecast, self.slots, self.write, self.measure, self.start, self.stop, self.half)
 
 
 FULL = Plan()
 OUTPUT = Site("output")
 CFG = Site("cfg")
+CFG_BATCH = Site("cfg", name="batch")  # the same band images, of (uncond half - cond half) of one batched output
 
 
 def residual(start: int, stop: int) -> Site:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -353,7 +354,7 @@ def test_fastercache_schedule_by_hand():
         if rebuilt:
             s_low *= 1.1 if 99 < t < 901 else 1.0
             s_high *= 1.1 if t < 301 else 1.0
-            assert uncond.coeffs == pytest.approx((s_low, s_high)) and uncond.peer == "stream0"
+            assert uncond.scales == pytest.approx((s_low, s_high)) and uncond.peer == "stream0"
         else:
             s_low = s_high = 1.0
             assert uncond.write == {Site("cfg")}
@@ -364,15 +365,114 @@ def test_fastercache_schedule_by_hand():
         assert Site("output") in cond.write
 
 
-def test_fastercache_on_separate_and_batched_cfg(models):
-    for name, rebuilds in (("wan", True), ("pixart", False)):
-        entry, model, ref = models(name)
-        cm = compile_(model, policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 1001))
+@pytest.mark.parametrize("name", ("wan", "pixart", "latte"))
+def test_fastercache_on_separate_and_batched_cfg(name, models):
+    """Separate calls (Wan) and batched CFG (PixArt; Latte, whose temporal blocks fold the batch into tokens):
+    the uncond output is rebuilt on uncond-skip steps and self-attention is extrapolated."""
+    entry, model, ref = models(name)
+    cm = compile_(model, policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 1001))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
         out = denoise(cm, entry)
-        s = fxcache.stats(cm)
-        assert (s.cfg_reused > 0) == rebuilds and s.sites_forecast > 0
-        assert rel_l1(out, ref) < TOLERANCE
-        assert torch.equal(denoise(cm, entry), out)
+    s = fxcache.stats(cm)
+    assert s.cfg_reused > 0 and s.sites_forecast > 0
+    assert rel_l1(out, ref) < TOLERANCE
+    assert torch.equal(denoise(cm, entry), out)
+
+
+def test_fastercache_batched_schedule_by_hand():
+    """Batched CFG, one stream: the first call computes (batched CFG is recognised from the second call on), a
+    call outside the uncond schedule computes the whole batch and caches the bands; on an uncond-skip call only
+    the cond half runs (Plan.half), with the compounded scales, its self-attention extrapolated by the attention
+    schedule once two cond-half values are cached."""
+    policy = bound("pixart", policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 1001))
+    n = 12
+    ts = schedule(n)
+    state = policy.new_state()
+    plans = [policy.plan(Call(k, "stream0", t, n, paired=k >= 2), state) for k, t in enumerate(ts, start=1)]
+    labels = [p.label for p in plans]
+    # i = 0 full (unpaired), 1 full (bands), 2..4 rebuilt (i % 5 != 0), 5 full, 6..9 rebuilt, 10 full, 11 rebuilt;
+    # attention: extrapolated on rebuilt calls with i % 2 != 0
+    assert labels == ["full", "full", "cfg", "cfg+forecast", "cfg", "full", "cfg", "cfg+forecast", "cfg",
+                      "cfg+forecast", "full", "cfg+forecast"], labels
+    assert not plans[0].half and Site("cfg", name="batch") not in plans[0].write
+    assert Site("cfg", name="batch") in plans[1].write and not plans[1].half
+    s_low = s_high = 1.0
+    for i, (t, p) in enumerate(zip(ts, plans)):
+        if p.half:
+            s_low *= 1.1 if 99 < t < 901 else 1.0
+            s_high *= 1.1 if t < 301 else 1.0
+            assert p.scales == pytest.approx((s_low, s_high)) and p.rebuilds
+        else:
+            s_low = s_high = 1.0
+    # two cond-half values cached by then (calls 2 and 3): linear extrapolation
+    assert plans[3].coeffs == pytest.approx((1.5, -0.5)) and plans[7].coeffs == pytest.approx((1.5, -0.5))
+
+
+def test_batched_rebuild_is_the_formula_and_the_cond_half_is_exact():
+    """On a rebuilt batched call the cond half equals the model on the cond half alone, and the uncond half is
+    FasterCache's rebuild from it and the last full call's halves."""
+    from fxcache.passes import cfg
+
+    entry = ZOO["pixart"]
+    model = entry.build()
+    cm = compile_(model, policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 0))
+    outs, ins = [], []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, **kw):
+            o = cm(**kw)
+            ins.append(kw)
+            outs.append(o[0] if isinstance(o, tuple) else o.sample)
+            return o
+
+    n = 6
+    denoise(Recorder(), entry, steps=n, cfg="batched")
+    assert [d["decision"] for d in fxcache.stats(cm).decisions] == ["full", "full", "cfg", "cfg", "cfg", "full"]
+    sigmas = torch.linspace(1.0, 1.0 / n, n).tolist()
+    s_low = s_high = 1.0
+    for i in (2, 3, 4):
+        t = 1000 * sigmas[i]
+        s_low *= 1.1 if 99 < t < 901 else 1.0
+        s_high *= 1.1 if t < 301 else 1.0
+        uncond, cond = outs[i].chunk(2)
+        half = {k: v[v.shape[0] // 2:] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == 2 else v
+                for k, v in ins[i].items()}
+        with torch.no_grad():
+            alone = model(**half)
+        torch.testing.assert_close(cond, alone[0] if isinstance(alone, tuple) else alone.sample,
+                                   rtol=1e-5, atol=1e-5)
+        full_uncond, full_cond = outs[1].chunk(2)
+        torch.testing.assert_close(uncond, cfg.rebuild_reference(cond, full_uncond, full_cond, s_low, s_high),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_batched_cfg_without_a_half_graph_falls_back_with_one_warning():
+    """A graph break before the blocks: the block graph is not the model's forward, so the cond half cannot be
+    traced again; FasterCache reuses features only, and says so once."""
+    entry = ZOO["pixart"]
+    model = entry.build()
+
+    class Breaking(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            torch._dynamo.graph_break()
+            return self.inner(**kw)
+
+    cm = torch.compile(Breaking(model), backend="fxcache",
+                       options={"policy": "fastercache", "compiler": "eager", "uncond_window": (-1, 1001),
+                                "attention_window": (-1, 1001)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = denoise(cm, entry, cfg="batched")
+    msgs = [str(w.message) for w in caught if "cond half" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    s = fxcache.stats(cm)
+    assert s.cfg_reused == 0 and s.sites_forecast > 0
+    assert rel_l1(out, denoise(model, entry, cfg="batched")) < TOLERANCE
 
 
 def test_rebuilt_uncond_output_is_the_formula():

@@ -36,6 +36,12 @@ def bands(x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return low, delta - low
 
 
+def batch_bands(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) band images of (uncond - cond) of a batched-CFG output `[uncond; cond]`."""
+    uncond, cond = out.chunk(2)
+    return bands(uncond, cond)
+
+
 def rebuild(cond: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """cond + scales[0]·low + scales[1]·high, in cond's dtype."""
     return (cond.float() + scales[0] * low + scales[1] * high).to(cond.dtype)

@@ -18,7 +18,7 @@ Dead code (the skipped blocks, the work only they needed) is eliminated, so it i
 Inputs and outputs are described by keys, which the runtime uses to wire tensors:
   inputs : ("arg", i) original input i | ("val", name) value computed by the probe | ("cache", site, j, slot) |
            ("peer", site, j, slot) the same from the plan's peer stream | ("coef",) the forecast weights (1-D
-           float32)
+           float32) | ("scales",) the CFG rebuild's band scales (1-D float32)
   outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
            ("num", site) | ("den", site) | ("mag", site)
 """
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..plan import CFG, OUTPUT, Plan, Site
+from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site
 from ..triton_kernels import rel_l1_sums
 from . import cfg, symbolic
 from .discover import Discovery
@@ -63,7 +63,7 @@ def _site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]
 
 
 def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
-    if plan.rebuilds:
+    if CFG in plan.reuse:
         return _rebuild_variant(gm, d)
     start = d.position(plan.start) if plan.start is not None else 0
     stop = d.position(plan.stop) if plan.stop is not None else len(d.nodes)
@@ -170,6 +170,9 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         outs, ins = _site_nodes(d, site)
         if site.kind == "residual":
             return [g.call_function(torch.sub, (value(o), value(i))) for o, i in zip(outs, ins)]
+        if site == CFG_BATCH:  # band images of (uncond half - cond half) of this output
+            both = g.call_function(cfg.batch_bands, (value(outs[0]),))
+            return [g.call_function(operator.getitem, (both, j)) for j in (0, 1)]
         if site.kind == "cfg":  # band images of (this output - the peer stream's output of this step)
             peer = placeholder(("peer", OUTPUT, 0, 0), outs[0], "peer_output")
             both = g.call_function(cfg.bands, (value(outs[0]), peer))
@@ -251,7 +254,7 @@ def _rebuild_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
     model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`)."""
     g = fx.Graph()
     out = _site_nodes(d, OUTPUT)[0][0]
-    keys = [("peer", OUTPUT, 0, 0), ("cache", CFG, 0, 0), ("cache", CFG, 1, 0), ("coef",)]
+    keys = [("peer", OUTPUT, 0, 0), ("cache", CFG, 0, 0), ("cache", CFG, 1, 0), ("scales",)]
     phs = [g.placeholder(name) for name in ("peer_output", "cfg_low", "cfg_high", "cfg_scales")]
     for ph in phs[:3]:
         ph.meta = copy.copy(out.meta)

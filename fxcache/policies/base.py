@@ -84,6 +84,7 @@ def fraction(v) -> bool:
 class Policy:
     name = "none"
     params: dict[str, Param] = {}
+    batched_cfg = False  # plans may run only the cond half of a batched-CFG call (Plan.half): Call.paired is set
 
     def __init__(self, **options) -> None:
         for key, value in options.items():

@@ -17,10 +17,16 @@ Per stream, i counts the calls (0-based, diffusers' `iteration`); t is on the 0-
 Which call is which: the streams named "cond" / "uncond" with `fxcache.context`, else the first call of a step
 is the conditional one and the second the unconditional one (the order of diffusers' Wan and Flux pipelines).
 A pipeline that calls uncond first without naming the streams gets its *cond* call rebuilt from the uncond one:
-the same approximation mirrored, which FasterCache does not do; name the streams there. Batched CFG
-(`[uncond; cond]` in one call: CogVideoX, Latte, PixArt, SD3) gets feature reuse only, on the steps that pass
-both the attention schedule and the uncond schedule (those on which diffusers approximates attention); the
-half-batch graph that CFG-Cache needs there is not implemented yet.
+the same approximation mirrored, which FasterCache does not do; name the streams there.
+
+Batched CFG (`[uncond; cond]` in one call: CogVideoX, Latte, PixArt, SD3), recognised from the second call of a
+generation on (one call per step, both halves of the latent equal): a computed call caches the bands of (uncond
+half - cond half) and the cond half's self-attention; on an uncond-skip step only the cond half runs, through a
+half-batch graph the runtime traces itself (runtime/halfbatch.py), its self-attention extrapolated by the
+attention schedule, and the uncond half is rebuilt from it, as diffusers' FasterCache does. Deviation: the first
+call of a generation is a plain computed call, so an uncond window that includes the second call's timestep skips
+it one call later than diffusers (the default windows start far later). Where the half-batch graph cannot be
+traced (a graph break before the blocks, say), batched CFG gets feature reuse only, with one warning.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 
 from ..passes.modules import sites_with
 from ..passes.specialize import rebuildable
-from ..plan import CFG, OUTPUT, Plan
+from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
 from .base import Param, Policy, Unsupported, positive, timestep_1000
 from .forecast import linear
 
@@ -55,10 +61,12 @@ class FasterState:
     s_high: float = 1.0
     has_bands: bool = False
     computed_attention: int = 0
+    batched: bool = False  # caching for a batched-CFG call: attention values are of the cond half
 
 
 class FasterCache(Policy):
     name = "fastercache"
+    batched_cfg = True
     params = {
         "attention_range": Param(2, int, "self-attention computed every this many calls inside its window",
                                  positive, ">= 1"),
@@ -79,7 +87,7 @@ class FasterCache(Policy):
         if not self.attention and self.why_not_cfg:
             raise Unsupported(f"no self-attention module inside the blocks and {self.why_not_cfg}")
         self.cond_full = Plan(write=frozenset({OUTPUT}) | self.attention, label="full")
-        self._plans: dict = {}
+        self.batch_full = Plan(write=frozenset({CFG_BATCH}) | self.attention, label="full")
 
     def new_state(self) -> FasterState:
         return FasterState()
@@ -99,19 +107,25 @@ class FasterCache(Policy):
         i = state.i
         state.i += 1
         t = timestep_1000(call, state)
+        rebuild = (self.why_not_cfg is None and state.has_bands and self._uncond_skipped(i, t)
+                   and (call.stream in UNCOND or call.paired))
+        if rebuild:
+            if self._inside(t, self.low_window):
+                state.s_low *= self.alpha_low
+            if self._inside(t, self.high_window):
+                state.s_high *= self.alpha_high
+        elif self.why_not_cfg is None and (call.stream in UNCOND or call.paired):
+            state.s_low = state.s_high = 1.0
+            state.has_bands = True
         if call.stream in UNCOND:
-            if self.why_not_cfg is None and state.has_bands and self._uncond_skipped(i, t):
-                if self._inside(t, self.low_window):
-                    state.s_low *= self.alpha_low
-                if self._inside(t, self.high_window):
-                    state.s_high *= self.alpha_high
-                return Plan(reuse=frozenset({CFG}), coeffs=(state.s_low, state.s_high), peer=COND[call.stream],
+            if rebuild:
+                return Plan(reuse=frozenset({CFG}), scales=(state.s_low, state.s_high), peer=COND[call.stream],
                             label="cfg")
             if self.why_not_cfg is None:
-                state.s_low = state.s_high = 1.0
-                state.has_bands = True
                 return Plan(write=frozenset({CFG}), peer=COND[call.stream], label="full")
             return self.cond_full
+        if call.paired and self.why_not_cfg is None:
+            return self._batched(i, t, state, rebuild)
         # The cond stream (or the only one, under batched CFG): attention is approximated only on steps that
         # pass the uncond schedule (whose uncond call is rebuilt, where it can be), as in diffusers.
         approximate = (state.computed_attention > 0 and self.attention and self._uncond_skipped(i, t)
@@ -121,3 +135,20 @@ class FasterCache(Policy):
             return self.cond_full
         w = linear(self.attention_weight) if state.computed_attention >= 2 else (1.0,)
         return Plan(forecast=self.attention, write=frozenset({OUTPUT}), coeffs=w, label="forecast")
+
+    def _batched(self, i: int, t, state: FasterState, rebuild: bool) -> Plan:
+        """Batched CFG: a full call caches the bands of (uncond half - cond half) and the cond half's attention;
+        on an uncond-skip step only the cond half runs (its attention extrapolated or computed by the attention
+        schedule) and the uncond half is rebuilt from it."""
+        if not rebuild:
+            if not state.batched:  # the attention cached so far is of the whole batch: count from here
+                state.batched, state.computed_attention = True, 0
+            state.computed_attention += 1
+            return self.batch_full
+        scales = (state.s_low, state.s_high)
+        if (self.attention and state.computed_attention > 0 and self._inside(t, self.attention_window)
+                and i % self.attention_range != 0):
+            w = linear(self.attention_weight) if state.computed_attention >= 2 else (1.0,)
+            return Plan(forecast=self.attention, coeffs=w, scales=scales, half=True, label="cfg+forecast")
+        state.computed_attention += 1
+        return Plan(write=self.attention, scales=scales, half=True, label="cfg")

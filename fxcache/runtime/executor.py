@@ -14,24 +14,40 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import torch
 
 from ..passes.discover import is_param_like
-from ..plan import Plan
+from ..passes import cfg
+from ..plan import CFG_BATCH, Plan
+from .halfbatch import HalfBatch
 from .instances import Instances
 from .state import Clock, Streams, StreamState
 from .stats import DECISION_LOG
 from .variants import VariantCache
 
 
+def _paired(x) -> bool:
+    """Whether batch `x` is two equal halves (a batched-CFG call: the same latent for uncond and cond)."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 2 or x.shape[0] % 2:
+        return False
+    a, b = x.chunk(2)
+    return bool(torch.equal(a, b))
+
+
 class Call:
     """What a policy may know about the current call."""
 
-    __slots__ = ("step", "stream", "timestep", "num_steps")
+    __slots__ = ("step", "stream", "timestep", "num_steps", "paired")
 
-    def __init__(self, step: int, stream: str, timestep: float | None, num_steps: int | None) -> None:
+    def __init__(self, step: int, stream: str, timestep: float | None, num_steps: int | None,
+                 paired: bool = False) -> None:
         self.step, self.stream, self.timestep, self.num_steps = step, stream, timestep, num_steps
+        # The batch is [uncond; cond] (both halves of the latent input equal, as batched-CFG pipelines call the
+        # model) and the cond half can run alone (Plan.half); looked at only for policies with `batched_cfg`,
+        # once per generation.
+        self.paired = paired
 
     @property
     def is_last(self) -> bool:
@@ -54,6 +70,10 @@ class Runtime:
 
         self.instances = Instances(params[0] if params else None, make_streams, decision_log)
         self._warned: set[str] = set()
+        self.compiler = compiler
+        # The cond-half graph for batched CFG (halfbatch.py), or why there is none; set by the backend.
+        self.half: HalfBatch | None = None
+        self.why_no_half: str | None = "not recorded"
 
     def reset(self) -> None:
         for inst in self.instances.all():
@@ -75,8 +95,16 @@ class Runtime:
         if streams.last_t is None:
             self._warn_once("fxcache: no timestep reaches this block graph, so a new generation is recognised only "
                             "by a change of input shapes; call fxcache.reset(model) between generations")
-        call = Call(st.step, st.name, streams.last_t, self.num_steps)
+        if st.paired is None and st.step >= 2:
+            # From the second call on, when it is known whether the pipeline calls once per step (a second
+            # stream would exist by now): a batch of two separate prompts with equal latents is not CFG.
+            st.paired = (self.policy.batched_cfg and len(streams.states) == 1 and self.discovery.hidden is not None
+                         and _paired(args[self.discovery.hidden]) and self._half_ready(args))
+        call = Call(st.step, st.name, streams.last_t, self.num_steps, bool(st.paired) and len(streams.states) == 1)
         plan = self.policy.plan(call, st.policy)
+        if plan.half and not st.paired:
+            raise RuntimeError(f"fxcache: policy {self.policy.name} planned a cond-half call on a call that is not "
+                               f"a batched-CFG one")
         unread = [s for s in (*plan.reuse, *plan.forecast) if s in st.pending] if st.pending else ()
         if unread and self._settle(st, unread, inst):
             plan = self.policy.plan(call, st.policy)  # the stream started over: its policy plans afresh
@@ -91,9 +119,30 @@ class Runtime:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
             outputs, more = self._run(plan, args, st, values, scratch, measured, inst, streams)
             computed += more
+        if plan.half:
+            outputs = self._assemble(outputs, st, plan)
         self.policy.observe(call, st.policy, measured, plan)
         self._count(inst, streams.generation != generation, call, plan, computed, measured)
         return outputs
+
+    def _half_ready(self, args) -> bool:
+        """Whether the cond-half graph can run (traced on the first batched-CFG call); warns once where not."""
+        if self.half is not None and self.half.ready(args, args[self.discovery.hidden].shape[0], self._variants_of):
+            return True
+        why = self.half.failed if self.half is not None else self.why_no_half
+        self._warn_once(f"fxcache: policy {self.policy.name} cannot run only the cond half of this batched-CFG "
+                        f"model ({why}); both halves are computed on every step (warned once)", key="half")
+        return False
+
+    def _variants_of(self, gm, d) -> VariantCache:
+        return VariantCache(gm, d, self.compiler, self.variants.max_variants)
+
+    def _assemble(self, outputs, st: StreamState, plan: Plan) -> tuple:
+        """[rebuilt uncond; cond] from the cond half's output and the bands of the last full step."""
+        cond = outputs[0]
+        low, high = st.cache[CFG_BATCH][0]
+        scales = torch.tensor(plan.scales, dtype=torch.float32, device=cond.device)
+        return (torch.cat([cfg.rebuild(cond, low, high, scales), cond]), *outputs[1:])
 
     def _settle(self, st: StreamState, sites, inst) -> bool:
         """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
@@ -119,14 +168,18 @@ class Runtime:
              streams: Streams):
         # Sites a probe already produced are stored from it rather than computed again.
         done = frozenset(s for s in plan.write if s in scratch)
-        run_plan = Plan(plan.reuse, plan.forecast, plan.write - done, plan.measure, plan.start, plan.stop,
-                        plan.label, plan.coeffs, plan.peer) if done else plan
-        variant, _ = self.variants.get(run_plan)
+        run_plan = replace(plan, write=plan.write - done) if done else plan
+        variants, half = self.variants, self.half if plan.half else None
+        # Batched CFG: module values are cached for the cond half only (the uncond half is what gets rebuilt)
+        halves = plan.half or CFG_BATCH in plan.write
+        if half is not None:  # the cond half: its own graph; batched inputs and cached values cut to their cond half
+            variants = half.variants
+        variant, _ = variants.get(run_plan)
         inputs = []
         for key in variant.inputs:
             kind = key[0]
             if kind == "arg":
-                inputs.append(args[key[1]])
+                inputs.append(args[key[1]] if half is None else half.arg(key[1], args[half.arg_of[key[1]]]))
             elif kind == "val":
                 inputs.append(values[key[1]])
             elif kind in ("cache", "peer"):
@@ -137,11 +190,14 @@ class Runtime:
                     when = ("before writing it" if not slots else
                             f"from {key[3]} computed steps ago, but only {len(slots)} are kept")
                     raise RuntimeError(f"fxcache: policy {self.policy.name} read {what} {when}")
-                inputs.append(slots[key[3]][key[2]])
-            else:  # "coef": the forecast weights, on the device of the values they weigh
+                value = slots[key[3]][key[2]]
+                inputs.append(half.site(key[1], key[2], value) if half is not None and key[1].kind == "module"
+                              else value)
+            else:  # "coef" / "scales": the forecast weights / band scales, on the device of the values they weigh
                 device = next((i.device for i in inputs if isinstance(i, torch.Tensor)), None)
-                inputs.append(torch.tensor(plan.coeffs, dtype=torch.float32, device=device))
-        fn = self.variants.compiled(run_plan, inputs, inst.stats)
+                inputs.append(torch.tensor(plan.coeffs if kind == "coef" else plan.scales, dtype=torch.float32,
+                                           device=device))
+        fn = variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
         outs, reads = [], []
         for key, r in zip(variant.outputs, results):
@@ -174,7 +230,10 @@ class Runtime:
                 for s in bad:
                     st.drop(s)
         for site in plan.write:
-            st.store(site, scratch[site], scratch.get(("fin", site)), self.policy.depth(site))
+            values = scratch[site]
+            if halves and site.kind == "module":
+                values = [self.half.site(site, j, v) for j, v in enumerate(values)]
+            st.store(site, values, scratch.get(("fin", site)), self.policy.depth(site))
         return (tuple(outs) if plan.stop is None else None), variant.units_computed
 
     def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict) -> None:

@@ -77,6 +77,7 @@ class StreamState:
     pending: dict = field(default_factory=dict)  # Site -> 0-dim bool tensor: were the newest values finite?
     policy: Any = None  # the policy's own per-stream state
     shapes: tuple = ()
+    paired: bool | None = None  # the batch is [uncond; cond] (executor.Call.paired); None: not looked at yet
 
     def store(self, site, values, finite=None, depth: int = 1) -> None:
         """Make `values` slot 0 of `site`, keeping at most `depth` slots. The oldest slot's buffers take the new
