@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m bench.demo
 
+# Two workers: CI has two cores and every test runs single-threaded (tests/conftest.py); one file per worker.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 overhead: $(STAMP)
 	$(PY) -m bench.overhead

@@ -503,3 +503,36 @@ def test_rebuilt_uncond_output_is_the_formula():
         s_high *= 1.1 if t < 301 else 1.0
         want = cfg.rebuild_reference(outs[2 * i], outs[1], outs[0], s_low, s_high)
         torch.testing.assert_close(outs[2 * i + 1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_fastercache_cogvideox_preset_by_hand():
+    """The official CogVideoX schedule on 1-based k: uncond rebuilt when k >= 18 and k % 5 != 0 (s_L *= 1.1 for
+    k <= 40, s_H *= 1.1 for k >= 30); self-attention extrapolated with w = 0.3 when k >= 18 and k % 3 != 0."""
+    policy = bound("cogvideox", policy="fastercache", preset="cogvideox")
+    n = 50
+    ts = schedule(n)
+    states = {s: policy.new_state() for s in ("stream0", "stream1")}
+    s_low = s_high = 1.0
+    for k, t in enumerate(ts, start=1):
+        cond = policy.plan(Call(k, "stream0", t, n), states["stream0"])
+        uncond = policy.plan(Call(k, "stream1", t, n), states["stream1"])
+        rebuilt = k >= 18 and k % 5 != 0
+        assert uncond.rebuilds == rebuilt, k
+        if rebuilt:
+            s_low *= 1.1 if k <= 40 else 1.0
+            s_high *= 1.1 if k >= 30 else 1.0
+            assert uncond.scales == pytest.approx((s_low, s_high))
+        else:
+            s_low = s_high = 1.0
+        assert bool(cond.forecast) == (k >= 18 and k % 3 != 0), k
+        if cond.forecast:
+            assert cond.coeffs == pytest.approx((1.3, -0.3))
+
+
+def test_fastercache_preset_errors():
+    with pytest.raises(ValueError, match=r"'preset'='cogvideox' is for cogvideox models; this graph is wan"):
+        bound("wan", policy="fastercache", preset="cogvideox")
+    with pytest.raises(ValueError, match=r"option 'preset'.*latte \| cogvideox \| mochi"):
+        parse_options({"policy": "fastercache", "preset": "opensora"})
+    with pytest.raises(ValueError, match=r"cannot be combined with 'uncond_range'"):
+        parse_options({"policy": "fastercache", "preset": "latte", "uncond_range": 3})

@@ -14,6 +14,13 @@ Per stream, i counts the calls (0-based, diffusers' `iteration`); t is on the 0-
   takes in the extrapolated ones, so its F_old can be an approximation); the gates, norms, cross-attention and
   MLP are computed.
 
+Presets (`preset="latte" | "cogvideox" | "mochi"`): the official code's per-family step schedules (ALGORITHMS.md
+§1 tables) instead of diffusers' timestep windows, on the call index k of the stream; there self-attention is
+extrapolated on the preset's steps whatever the uncond schedule (the official code), except under batched CFG,
+where the cond-half cache (diffusers') allows it only on calls whose uncond half is rebuilt. A preset for another
+family than the graph's is an error. Open-Sora, Open-Sora-Plan and Vchitect are not diffusers models, so they
+have no preset.
+
 Which call is which: the streams named "cond" / "uncond" with `fxcache.context`, else the first call of a step
 is the conditional one and the second the unconditional one (the order of diffusers' Wan and Flux pipelines).
 A pipeline that calls uncond first without naming the streams gets its *cond* call rebuilt from the uncond one:
@@ -32,7 +39,10 @@ traced (a graph break before the blocks, say), batched CFG gets feature reuse on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+from ..errors import option_error
+from ..families import family
 from ..passes.modules import sites_with
 from ..passes.specialize import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
@@ -51,6 +61,36 @@ def _window_ok(v) -> bool:
 def _window(doc: str, default) -> Param:
     return Param(default, (list, tuple), doc + " (open interval on the 0-1000 timestep scale)", _window_ok,
                  "(lo, hi) with lo < hi")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A family's schedule from the official FasterCache code (ALGORITHMS.md §1), on the call index k (1-based;
+    Mochi's 0-based `cnt`): when the uncond branch is rebuilt, the band scale factors per rebuilt call, when
+    self-attention is extrapolated and with which weight."""
+
+    families: tuple
+    uncond: Callable[[int], bool]
+    low: Callable[[int], float]
+    high: Callable[[int], float]
+    attention: Callable[[int], bool]
+    weight: Callable[[int], float]
+    zero_based: bool = False
+
+
+PRESETS = {
+    "latte": Preset(("latte",), lambda k: k >= 18 and k % 5 != 0, lambda k: 1.1 if k < 45 else 1.0,
+                    lambda k: 1.1 if k >= 45 else 1.0, lambda k: k >= 16 and k % 2 == 0, lambda k: 0.5),
+    "cogvideox": Preset(("cogvideox-2b", "cogvideox-5b"), lambda k: k >= 18 and k % 5 != 0,
+                        lambda k: 1.1 if k <= 40 else 1.0, lambda k: 1.1 if k >= 30 else 1.0,
+                        lambda k: k >= 18 and k % 3 != 0, lambda k: 0.3),
+    "mochi": Preset(("mochi",), lambda c: c >= 22 and c % 5 != 0 and c != 63, lambda c: 1.15 if c <= 50 else 1.0,
+                    lambda c: 1.25 if c >= 30 else 1.0, lambda c: c >= 20 and c % 2 == 0,
+                    lambda c: max(0.5, c / 63), zero_based=True),
+}
+# The options a preset replaces.
+SCHEDULE = ("attention_range", "attention_window", "attention_weight", "uncond_range", "uncond_window", "alpha_low",
+            "low_window", "alpha_high", "high_window")
 
 
 @dataclass
@@ -79,9 +119,22 @@ class FasterCache(Policy):
         "low_window": _window("where the low band is scaled", (99.0, 901.0)),
         "alpha_high": Param(1.1, float, "high-band scale per rebuilt step inside high_window", positive, "> 0"),
         "high_window": _window("where the high band is scaled", (-1.0, 301.0)),
+        "preset": Param(None, str, "the official per-family step schedule instead of the timestep windows",
+                        lambda v: v in PRESETS, " | ".join(PRESETS), optional=True),
     }
 
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        both = [k for k in SCHEDULE if k in options]
+        if self.preset is not None and both:
+            raise option_error(f"fxcache: option 'preset'={self.preset!r} sets FasterCache's schedule; it cannot be "
+                               f"combined with {', '.join(repr(k) for k in both)}")
+
     def bind(self, d) -> None:
+        if self.preset is not None and family(d) not in PRESETS[self.preset].families:
+            raise option_error(f"fxcache: option 'preset'={self.preset!r} is for {self.preset} models; this graph "
+                               f"is {family(d) or 'not of a known family'}; accepted presets: "
+                               f"{', '.join(PRESETS)} (or none: diffusers' timestep windows)")
         self.attention = frozenset(sites_with(d, ("attn",)))
         self.why_not_cfg = rebuildable(d)
         if not self.attention and self.why_not_cfg:
@@ -99,9 +152,33 @@ class FasterCache(Policy):
     def _inside(t, window) -> bool:
         return t is not None and window[0] < t < window[1]
 
+    def _k(self, i: int) -> int:
+        return i if PRESETS[self.preset].zero_based else i + 1
+
     def _uncond_skipped(self, i: int, t) -> bool:
-        """The uncond schedule: call i at t is one whose uncond branch FasterCache rebuilds."""
+        """The uncond schedule: call i (0-based) at t is one whose uncond branch FasterCache rebuilds."""
+        if self.preset is not None:
+            return i > 0 and PRESETS[self.preset].uncond(self._k(i))
         return i > 0 and self._inside(t, self.uncond_window) and i % self.uncond_range != 0
+
+    def _scales(self, i: int, t) -> tuple[float, float]:
+        """The factors of s_L and s_H on rebuilt call i."""
+        if self.preset is not None:
+            p, k = PRESETS[self.preset], self._k(i)
+            return p.low(k), p.high(k)
+        return (self.alpha_low if self._inside(t, self.low_window) else 1.0,
+                self.alpha_high if self._inside(t, self.high_window) else 1.0)
+
+    def _attention_due(self, i: int, t, rebuilt: bool) -> bool:
+        """Self-attention may be extrapolated at call i: by diffusers' rule on calls whose uncond branch is
+        rebuilt, inside the window, off the range; by a preset's rule on its steps (the official code's, whose
+        feature reuse does not depend on the uncond schedule)."""
+        if self.preset is not None:
+            return PRESETS[self.preset].attention(self._k(i))
+        return rebuilt and self._inside(t, self.attention_window) and i % self.attention_range != 0
+
+    def _weight(self, i: int) -> float:
+        return PRESETS[self.preset].weight(self._k(i)) if self.preset is not None else self.attention_weight
 
     def plan(self, call, state: FasterState) -> Plan:
         i = state.i
@@ -110,10 +187,9 @@ class FasterCache(Policy):
         rebuild = (self.why_not_cfg is None and state.has_bands and self._uncond_skipped(i, t)
                    and (call.stream in UNCOND or call.paired))
         if rebuild:
-            if self._inside(t, self.low_window):
-                state.s_low *= self.alpha_low
-            if self._inside(t, self.high_window):
-                state.s_high *= self.alpha_high
+            f_low, f_high = self._scales(i, t)
+            state.s_low *= f_low
+            state.s_high *= f_high
         elif self.why_not_cfg is None and (call.stream in UNCOND or call.paired):
             state.s_low = state.s_high = 1.0
             state.has_bands = True
@@ -128,12 +204,12 @@ class FasterCache(Policy):
             return self._batched(i, t, state, rebuild)
         # The cond stream (or the only one, under batched CFG): attention is approximated only on steps that
         # pass the uncond schedule (whose uncond call is rebuilt, where it can be), as in diffusers.
-        approximate = (state.computed_attention > 0 and self.attention and self._uncond_skipped(i, t)
-                       and self._inside(t, self.attention_window) and i % self.attention_range != 0)
+        approximate = (state.computed_attention > 0 and self.attention
+                       and self._attention_due(i, t, self._uncond_skipped(i, t)))
         if not approximate:
             state.computed_attention += 1
             return self.cond_full
-        w = linear(self.attention_weight) if state.computed_attention >= 2 else (1.0,)
+        w = linear(self._weight(i)) if state.computed_attention >= 2 else (1.0,)
         return Plan(forecast=self.attention, write=frozenset({OUTPUT}), coeffs=w, label="forecast")
 
     def _batched(self, i: int, t, state: FasterState, rebuild: bool) -> Plan:
@@ -146,9 +222,8 @@ class FasterCache(Policy):
             state.computed_attention += 1
             return self.batch_full
         scales = (state.s_low, state.s_high)
-        if (self.attention and state.computed_attention > 0 and self._inside(t, self.attention_window)
-                and i % self.attention_range != 0):
-            w = linear(self.attention_weight) if state.computed_attention >= 2 else (1.0,)
+        if self.attention and state.computed_attention > 0 and self._attention_due(i, t, True):
+            w = linear(self._weight(i)) if state.computed_attention >= 2 else (1.0,)
             return Plan(forecast=self.attention, coeffs=w, scales=scales, half=True, label="cfg+forecast")
         state.computed_attention += 1
         return Plan(write=self.attention, scales=scales, half=True, label="cfg")
