@@ -55,6 +55,9 @@ def fxcache_methods(compiler: str) -> list[Method]:
     ]
     batched = fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)
     batched.cfg = "batched"
+    # FasterCache's CFG-Cache on [uncond; cond] calls (the cond half alone), beside diffusers' (batched only)
+    batched_faster = fxcache_method("fastercache", "config defaults: attn<681 uncond<641 w=0.5", compiler)
+    batched_faster.cfg = "batched"
     # Block-level policies (issue 8): published defaults first, then a small sweep.
     blocks = [
         # FasterCache at the peers' three settings (bench/peers.py), on WanPipeline's separate cond/uncond calls
@@ -83,7 +86,7 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("teacache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
         fxcache_method("magcache", "0.12/K2/0.2 (Wan) taylor O1", compiler, ratios=ratios, forecast="taylor"),
     ]
-    return m + [batched] + blocks
+    return m + [batched, batched_faster] + blocks
 
 
 def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
