@@ -59,6 +59,8 @@ PAIRS = [
      ("dbcache", "F1B0 R0.24 W8"), ()),
     ({"policy": "dbcache", "Fn": 1, "Bn": 0, "threshold": 0.24, "warmup_steps": 8, "forecast": "taylor",
       "order": 1}, ("dbcache+taylorseer", "F1B0 R0.24 W8 O1"), ()),
+    ({"policy": "dbcache", "Fn": 1, "Bn": 0, "threshold": 0.24, "warmup_steps": 8, "forecast": "foca"},
+     ("dbcache+foca", "F1B0 R0.24 W8"), ()),
 ]
 
 

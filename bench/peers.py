@@ -141,7 +141,8 @@ def diffusers_settings() -> list[PeerSetting]:
 def cachedit_settings() -> list[PeerSetting]:
     """DBCache: DBCacheConfig's defaults (R0.08, W8) except Fn: its default F8 is more blocks than this model
     has (6), so F1B0, the configuration cache-dit's examples and integrations (vLLM-Omni, SGLang) use; then
-    R0.12 (those examples' threshold) and R0.24. With the TaylorSeer calibrator (order 1, its default)."""
+    R0.12 (those examples' threshold) and R0.24. With the TaylorSeer calibrator (order 1, its default) and with
+    the FoCa calibrator (no parameters)."""
     def db(r: float, **kw) -> dict:
         return dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=r, max_warmup_steps=8,
                     max_cached_steps=-1, max_continuous_cached_steps=-1, **kw)
@@ -153,6 +154,8 @@ def cachedit_settings() -> list[PeerSetting]:
         _c("dbcache", "F1B0 R0.24 W8", db(0.24)),
         _c("dbcache+taylorseer", "F1B0 R0.12 W8 O1", db(0.12), ts),
         _c("dbcache+taylorseer", "F1B0 R0.24 W8 O1", db(0.24), ts),
+        _c("dbcache+foca", "F1B0 R0.12 W8", db(0.12), {}),
+        _c("dbcache+foca", "F1B0 R0.24 W8", db(0.24), {}),
     ]
 
 
@@ -313,7 +316,9 @@ class PeerContext:
             cc.setdefault("num_inference_steps", self.num_inference_steps)
             kwargs = {"cache_config": cache_dit.DBCacheConfig(**cc)}
             if self.peer.params.get("calibrator_config") is not None:
-                kwargs["calibrator_config"] = cache_dit.TaylorSeerCalibratorConfig(**self.peer.params["calibrator_config"])
+                config = (cache_dit.FoCaCalibratorConfig if self.peer.method == "dbcache+foca"
+                          else cache_dit.TaylorSeerCalibratorConfig)
+                kwargs["calibrator_config"] = config(**self.peer.params["calibrator_config"])
             cache_dit.enable_cache(self.transformer, **kwargs)
         else:
             raise ValueError(f"unknown provider {self.peer.provider!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -85,6 +86,18 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("fbcache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
         fxcache_method("teacache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
         fxcache_method("magcache", "0.12/K2/0.2 (Wan) taylor O1", compiler, ratios=ratios, forecast="taylor"),
+        # forecasts on the step-level policies: more aggressive thresholds, and FoCa (cache-dit's calibrator)
+        fxcache_method("teacache", "threshold=0.15 taylor O1", compiler, threshold=0.15, forecast="taylor"),
+        fxcache_method("teacache", "threshold=0.2 taylor O1", compiler, threshold=0.2, forecast="taylor"),
+        fxcache_method("teacache", "threshold=0.1 foca", compiler, threshold=0.1, forecast="foca"),
+        fxcache_method("teacache", "threshold=0.2 foca", compiler, threshold=0.2, forecast="foca"),
+        fxcache_method("magcache", "0.24/K6/0.2 taylor O1", compiler, ratios=ratios, threshold=0.24, max_skips=6,
+                       retention=0.2, forecast="taylor"),
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan) foca", compiler, ratios=ratios, forecast="foca"),
+        fxcache_method("fbcache", "threshold=0.2 taylor O1", compiler, threshold=0.2, forecast="taylor"),
+        fxcache_method("fbcache", "threshold=0.1 foca", compiler, threshold=0.1, forecast="foca"),
+        fxcache_method("dbcache", "F1B0 R0.12 W8 foca", compiler, Fn=1, threshold=0.12, forecast="foca"),
+        fxcache_method("dbcache", "F1B0 R0.24 W8 foca", compiler, Fn=1, threshold=0.24, forecast="foca"),
     ]
     return m + [batched, batched_faster] + blocks
 
@@ -151,6 +164,8 @@ def run(args) -> list[dict]:
         names = set(args.only.split(","))
         methods = baselines + [m for m in methods[len(baselines):] if m.name in names]
         methods += [m for m in peer_methods(transformer, args.steps, args.guidance, args.quick) if m.name in names]
+        if args.match:
+            methods = baselines + [m for m in methods[len(baselines):] if re.search(args.match, m.label)]
     else:
         methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
     if not RATIOS.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
@@ -194,6 +209,9 @@ def main(argv=None) -> list[dict]:
                     help="comma-separated method names (e.g. fora,pab): only these, with their own uncached "
                          "baselines, written to quality-<name>.{json,md} beside the full run's files")
     ap.add_argument("--name", default="subset", help="with --only: the name of the subset's files")
+    ap.add_argument("--match", default=None,
+                    help="with --only: keep only the methods whose label ('provider:method (setting)') matches "
+                         "this regular expression")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.repeats = 6, [0], 1
@@ -217,6 +235,7 @@ def main(argv=None) -> list[dict]:
             "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
     stem = "quality" if not args.only else f"quality-{args.name}"
     meta["command"] += f" --only {args.only}" if args.only else ""
+    meta["command"] += f" --match '{args.match}'" if args.match else ""
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     (out / f"{stem}.md").write_text(report_markdown(meta, records))
     plot_pareto(records, out / ("pareto.png" if not args.only else f"pareto-{args.name}.png"),

@@ -63,6 +63,9 @@ class Plan:
     half: bool = False
     # FasterCache's (s_L, s_H) band scales of a rebuilt uncond output (Site "cfg"). Not part of the identity.
     scales: tuple = field(default=(), compare=False)
+    # A forecast that also weighs the site's *window* (the last values of the site, forecast or computed, kept
+    # under `window_of(site)`; FoCa): the last `window` of `coeffs` are their weights.
+    window: int = 0
 
     @property
     def rebuilds(self) -> bool:
@@ -72,11 +75,13 @@ class Plan:
 
     @property
     def slots(self) -> int:
-        return len(self.coeffs) if self.forecast else 0
+        """How many computed values of each forecast site its weights cover (the window's come after)."""
+        return len(self.coeffs) - self.window if self.forecast else 0
 
     def key(self) -> tuple:
         """The identity of the compiled variant (the number of forecast weights matters, not their values)."""
-        return (self.reuse, self.forecast, self.slots, self.write, self.measure, self.start, self.stop, self.half)
+        return (self.reuse, self.forecast, self.slots, self.window, self.write, self.measure, self.start, self.stop,
+                self.half)
 
 
 FULL = Plan()
@@ -87,3 +92,9 @@ CFG_BATCH = Site("cfg", name="batch")  # the same band images, of (uncond half -
 
 def residual(start: int, stop: int) -> Site:
     return Site("residual", start, stop)
+
+
+def window_of(site: Site) -> Site:
+    """The site whose slots hold `site`'s last values whether computed or forecast (written by the plans that
+    compute or forecast `site`: the forecast itself is stored there)."""
+    return Site(site.kind, site.start, site.stop, "window")

@@ -270,10 +270,12 @@ OPTIONS = {p: {"policy": p} for p in NEW}
 OPTIONS["dbcache"] = {"policy": "dbcache", "Fn": 1, "warmup_steps": 2, "threshold": 0.2}  # random weights
 OPTIONS["fbcache-taylor"] = {"policy": "fbcache", "threshold": 0.2, "max_consecutive_skips": 3, "forecast": "taylor"}
 OPTIONS["teacache-taylor"] = {"policy": "teacache", "threshold": 0.3, "forecast": "taylor", "order": 2}
+OPTIONS["dbcache-foca"] = {"policy": "dbcache", "Fn": 1, "warmup_steps": 2, "threshold": 0.2, "forecast": "foca"}
 
 
 # Every option set on Wan; each other family with the policies whose sites it exercises differently.
-CASES = ([("wan", k) for k in OPTIONS] + [("flux", k) for k in ("fora", "taylorseer", "dbcache", "fbcache-taylor")]
+CASES = ([("wan", k) for k in OPTIONS] + [("flux", k) for k in ("fora", "taylorseer", "dbcache", "fbcache-taylor",
+                                                                 "dbcache-foca")]
          + [("latte", k) for k in ("pab", "deltadit", "blockdance", "tgate")]
          + [("cogvideox", k) for k in ("fora", "teacache-taylor")])
 
@@ -290,7 +292,7 @@ def test_policy_on_zoo_model(name, key, models):
         assert s.sites_reused > 0 and s.blocks_skipped == 0
     if key == "taylorseer":
         assert s.sites_forecast > 0 and s.sites_reused == 0
-    if key.endswith("-taylor"):
+    if key.endswith("-taylor") or key.endswith("-foca"):
         assert s.sites_forecast > 0 and s.skipped_steps > 0
     assert rel_l1(out, ref) < TOLERANCE
     assert torch.equal(denoise(cm, entry), out)  # deterministic, independent of the previous generation
@@ -536,3 +538,43 @@ def test_fastercache_preset_errors():
         parse_options({"policy": "fastercache", "preset": "opensora"})
     with pytest.raises(ValueError, match=r"cannot be combined with 'uncond_range'"):
         parse_options({"policy": "fastercache", "preset": "latte", "uncond_range": 3})
+
+
+def test_foca_forecast_equals_cache_dit_foca_state():
+    """FoCa as fxcache runs it (weights over the last two computed values and the two-slot window, the forecast
+    stored into the window) against cache-dit's own FoCaState on random tensors, for a pattern of computed and
+    skipped steps with gaps beyond the damping horizon."""
+    foca_state = pytest.importorskip("cache_dit.caching.cache_contexts.calibrators.foca").FoCaState
+    g = torch.Generator().manual_seed(0)
+    pattern = "CCSSCSSSSSCSCCSSSS"  # C computed, S skipped
+    ref = foca_state()
+    anchors: list = []  # computed values, newest first (depth 2)
+    window: list = []  # computed or forecast values, newest first (depth 2)
+    last = None
+    for step, kind in enumerate(pattern, start=1):
+        ref.mark_step_begin()
+        if kind == "C":
+            y = torch.randn(3, 5, generator=g, dtype=torch.float64)
+            ref.update(y)
+            anchors, window, last = [y, *anchors][:2], [y, *window][:2], step
+            continue
+        want = ref.approximate()
+        if len(anchors) < 2:
+            got = anchors[0]  # plain reuse, the window unchanged (cache-dit returns F_full)
+        else:
+            w = forecast.foca(step - last)
+            got = sum(c * v for c, v in zip(w, [*anchors, *window]))
+            window = [got, *window][:2]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_foca_plans_write_the_window():
+    from fxcache.plan import window_of
+
+    policy = bound("wan", policy="dbcache", Fn=1, threshold=1e9, warmup_steps=2, forecast="foca")
+    plans = script(policy, schedule(8), measured=lambda k: {(policy.head, "rel_l1"): 0.0})
+    middle = policy.middle
+    assert [p.label for p in plans] == ["full", "full"] + ["skip"] * 6
+    assert window_of(middle) in plans[0].write and window_of(middle) in plans[1].write
+    assert plans[2].window == 2 and plans[2].forecast == {middle} and plans[2].write == {window_of(middle)}
+    assert plans[2].coeffs == pytest.approx(forecast.foca(1)) and plans[6].coeffs == pytest.approx(forecast.foca(5))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site
+from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
 from ..triton_kernels import rel_l1_sums
 from . import cfg, symbolic
 from .discover import Discovery
@@ -83,6 +83,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
 
     arg_index = {n: i for i, n in enumerate(d.placeholders)}
     coef: list[fx.Node] = []
+    forecasts: dict[tuple[Site, int], fx.Node] = {}  # (site, j) -> its forecast value in this variant
 
     def cached_value(site: Site, j: int, like: fx.Node, name: str) -> fx.Node:
         """The value of output j of `site` taken from the cache: the newest value, or the plan's forecast."""
@@ -91,10 +92,12 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         if not coef:
             coef.append(placeholder(("coef",), None, "forecast_coeffs"))
         acc = None
-        for i in range(plan.slots):
-            term = g.call_function(torch.mul, (g.call_function(operator.getitem, (coef[0], i)),
-                                               placeholder(("cache", site, j, i), like, f"{name}_slot{i}")))
+        terms = [(site, i) for i in range(plan.slots)] + [(window_of(site), k) for k in range(plan.window)]
+        for w, (src, i) in enumerate(terms):
+            term = g.call_function(torch.mul, (g.call_function(operator.getitem, (coef[0], w)),
+                                               placeholder(("cache", src, j, i), like, f"{name}_{src.name}slot{i}")))
             acc = term if acc is None else g.call_function(torch.add, (acc, term))
+        forecasts[(site, j)] = acc
         return acc
 
     # Module sites replaced from the cache: their outputs are read from it, their ops are not copied.
@@ -168,6 +171,10 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
 
     def site_values(site: Site) -> list[fx.Node]:
         outs, ins = _site_nodes(d, site)
+        base = Site(site.kind, site.start, site.stop)
+        if site.name == "window" and base in plan.forecast:  # the forecast itself, exactly
+            return [forecasts[(base, j)] if (base, j) in forecasts else cached_value(base, j, o, f"fc_{j}")
+                    for j, o in enumerate(outs)]
         if site.kind == "residual":
             return [g.call_function(torch.sub, (value(o), value(i))) for o, i in zip(outs, ins)]
         if site == CFG_BATCH:  # band images of (uncond half - cond half) of this output

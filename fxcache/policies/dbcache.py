@@ -51,6 +51,7 @@ class DBCache(StepForecast, Policy):
             raise Unsupported(f"no valid cut between front and back blocks (F{self.Fn}B{self.Bn}, {n} blocks)")
         self.front, self.back = front, back
         self.head, self.middle = residual(0, front), residual(front, back)
+        self.forecastable = frozenset({self.middle})
         self.cut = Stop("cut", front)
         self.write_all = Plan(write=frozenset({self.head, self.middle}), label="full")
 
@@ -60,8 +61,7 @@ class DBCache(StepForecast, Policy):
     def plan(self, call, state: DBState) -> Plan:
         if state.warm < max(1, self.warmup_steps):
             state.warm += 1
-            self.computed_at(state, call.step)
-            return self.write_all
+            return self.computed(call, state, self.write_all)
         return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
 
     def decide(self, call, state: DBState, measured: dict) -> Plan:
@@ -74,5 +74,5 @@ class DBCache(StepForecast, Policy):
             return self.skipped(call, state, frozenset({self.middle}), start=self.cut, label="skip")
         state.skips = 0
         state.warm += 1
-        self.computed_at(state, call.step)
-        return Plan(write=frozenset({self.head, self.middle}), start=self.cut, label="full")
+        return self.computed(call, state, Plan(write=frozenset({self.head, self.middle}), start=self.cut,
+                                               label="full"))

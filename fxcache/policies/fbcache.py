@@ -40,6 +40,7 @@ class FBCache(StepForecast, Policy):
         if c is None:
             raise Unsupported("no first block whose residual matches the rest of the stack")
         self.head, self.tail = residual(0, c), residual(c, d.num_units)
+        self.forecastable = frozenset({self.tail})
         self.cut = Stop("cut", c)
         self.write_all = Plan(write=frozenset({self.head, self.tail}), label="full")
 
@@ -49,8 +50,7 @@ class FBCache(StepForecast, Policy):
     def plan(self, call, state: FBState) -> Plan:
         if not state.has_ref or call.step <= self.warmup_steps:
             state.has_ref, state.skips = True, 0
-            self.computed_at(state, call.step)
-            return self.write_all
+            return self.computed(call, state, self.write_all)
         return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
 
     def decide(self, call, state: FBState, measured: dict) -> Plan:
@@ -60,5 +60,4 @@ class FBCache(StepForecast, Policy):
             state.skips += 1
             return self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip")
         state.skips = 0
-        self.computed_at(state, call.step)
-        return Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full")
+        return self.computed(call, state, Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full"))

@@ -9,13 +9,19 @@ recompile.
   TaylorSeer's `taylor_utils` and diffusers' `TaylorSeerCacheHook` do), and the value at step s is
   sum_j F^(j) (s - s_last)^j / j!. F^(j) at the newest computed step depends only on the last j + 1 computed
   values, so replaying the recursion over them gives the weights exactly.
+- FoCa (Zheng et al. 2025, "Forecast then Calibrate"), as cache-dit's `FoCaCalibrator` computes it: a BDF2
+  predictor with a Heun corrector anchored at the last computed step. With A0, A1 the last two computed values
+  and F_k, F_km1 the site's last two values *whether computed or forecast* (its window, Plan.window), e steps
+  after A0: F = A0 + h ((A0 - A1) + (F_k - F_km1)), h = e / 2 up to e = 3 and 4.5 / e beyond (the Heun step at
+  horizon 3 blended towards A0 by 3 / e). The window makes it recursive, so its weights are not a fixed function of
+  the computed values: the variant stores each forecast into the window.
 """
 
 from __future__ import annotations
 
 import math
 
-FORECASTS = ("reuse", "taylor")
+FORECASTS = ("reuse", "taylor", "foca")
 
 
 def linear(w: float) -> tuple[float, float]:
@@ -39,26 +45,52 @@ def taylor(computed: list[int], step: int, order: int) -> tuple[float, ...]:
     return tuple(reversed(weights))  # slot 0 = newest
 
 
+def foca(elapsed: int) -> tuple[float, float, float, float]:
+    """Weights over (A0, A1, F_k, F_km1) for a step `elapsed` steps after the last computed one."""
+    h = elapsed / 2.0 if elapsed <= 3 else 4.5 / elapsed
+    return (1.0 + h, -h, h, -h)
+
+
 class StepForecast:
     """Mixin for the step-level policies (fbcache, teacache, magcache): option `forecast` says what a skipped
     step adds to its input, the last computed residual ("reuse", the published methods) or its Taylor forecast
     of order `order` over the last computed steps ("taylor": TaylorSeer's expansion applied to the skipped
-    blocks' residual, the idea of cache-dit's DBCache + TaylorSeer calibrator). The policy's state keeps
-    `computed`: the steps whose residual it wrote, newest first."""
+    blocks' residual, the idea of cache-dit's DBCache + TaylorSeer calibrator), or FoCa's predictor-corrector
+    ("foca": cache-dit's FoCa calibrator; `order` does not apply). The policy's state keeps `computed`: the steps
+    whose residual it wrote, newest first; `forecastable` (set in bind) are the sites a skipped step may forecast.
+    A computed plan goes through `computed(...)`, which records the step (and, for FoCa, stores the site's
+    window too)."""
 
     PARAMS: dict = {}  # filled below (Param lives in base.py, which imports nothing from here)
+    forecastable: frozenset = frozenset()
 
     def depth(self, site) -> int:
-        return self.order + 1 if self.forecast == "taylor" else 1
+        return {"taylor": self.order + 1, "foca": 2}.get(self.forecast, 1)
 
     def computed_at(self, state, step: int) -> None:
-        state.computed = [step, *state.computed][: self.order + 1]
+        state.computed = [step, *state.computed][: max(self.order + 1, 2 if self.forecast == "foca" else 1)]
+
+    def computed(self, call, state, plan: "Plan") -> "Plan":
+        """`plan`, a computed step's, after recording the step; under FoCa it also writes the window of each
+        forecastable site it writes."""
+        from dataclasses import replace
+
+        from ..plan import window_of
+
+        self.computed_at(state, call.step)
+        if self.forecast != "foca":
+            return plan
+        extra = frozenset(window_of(s) for s in plan.write & self.forecastable)
+        return replace(plan, write=plan.write | extra) if extra else plan
 
     def skipped(self, call, state, sites: frozenset, **plan) -> "Plan":
-        from ..plan import Plan
+        from ..plan import Plan, window_of
 
         if self.forecast == "reuse" or len(state.computed) < 2:
             return Plan(reuse=sites, **plan)
+        if self.forecast == "foca":  # the forecast goes into the window: the next one builds on it
+            return Plan(forecast=sites, coeffs=foca(call.step - state.computed[0]), window=2,
+                        write=frozenset(window_of(s) for s in sites), **plan)
         return Plan(forecast=sites, coeffs=taylor(state.computed, call.step, self.order), **plan)
 
 

@@ -102,6 +102,7 @@ class MagCache(StepForecast, Policy):
         if not d.residual_ok(0, d.num_units):
             raise Unsupported("the block stack's output does not match its input")
         self.stack = residual(0, d.num_units)
+        self.forecastable = frozenset({self.stack})
         t, k, r = DEFAULTS.get(family(d), DIFFUSERS)
         self.thresh = t if self.threshold is None else self.threshold
         self.k = k if self.max_skips is None else self.max_skips
@@ -129,8 +130,7 @@ class MagCache(StepForecast, Policy):
             if state.error < self.thresh and state.skips <= self.k:
                 return self.skipped(call, state, frozenset({self.stack}), label="skip")
         state.ratio, state.skips, state.error, state.has_residual = 1.0, 0, 0.0, True
-        self.computed_at(state, call.step)
-        return Plan(write=frozenset({self.stack}), label="full")
+        return self.computed(call, state, Plan(write=frozenset({self.stack}), label="full"))
 
     def observe(self, call, state: MagState, measured: dict, plan: Plan) -> None:
         if self.calibrate is None:

@@ -65,6 +65,7 @@ class TeaCache(StepForecast, Policy):
 
     def bind(self, d) -> None:
         self.stack = residual(0, d.num_units)
+        self.forecastable = frozenset({self.stack})
         if not d.residual_ok(0, d.num_units):
             raise Unsupported("the block stack's output does not match its input")
         if self.indicator != "output":
@@ -108,18 +109,17 @@ class TeaCache(StepForecast, Policy):
                     label="probe")
 
     def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
-        self.computed_at(state, call.step)
         if self.indicator == "output" and not first:
-            return Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}), label="full")
-        return self.compute
+            return self.computed(call, state, Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}),
+                                                   label="full"))
+        return self.computed(call, state, self.compute)
 
     def decide(self, call, state: TeaState, measured: dict) -> Plan:
         state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
         if state.acc < self.threshold:
             return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
         state.acc = 0.0
-        self.computed_at(state, call.step)
-        return Plan(write=frozenset({self.stack}), start=self.stop, label="full")
+        return self.computed(call, state, Plan(write=frozenset({self.stack}), start=self.stop, label="full"))
 
     def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:
         if plan.label != "full":
