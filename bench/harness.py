@@ -64,6 +64,46 @@ def uncached_method(compiler: str = "inductor") -> Method:
     return Method("uncached", "none", f"torch.compile ({compiler})" if compiler != "eager" else "eager", enter)
 
 
+def module_attributes(model: torch.nn.Module) -> dict[str, set]:
+    """The instance attribute names of every module of `model`, by module path (what a cache library adds to a
+    module shows up against these)."""
+    return {name: set(vars(m)) for name, m in model.named_modules(remove_duplicate=False)}
+
+
+def hook_cache_bytes(model: torch.nn.Module, before: dict[str, set]) -> int | None:
+    """Bytes of the tensors a cache library keeps on `model`: the distinct tensors reachable from the attributes
+    its modules gained since `before` (hook registries, state managers, cached states), the model's own
+    parameters and buffers excepted. None when nothing is found (a library that keeps its state elsewhere)."""
+    own = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen_objects: set[int] = set()
+    found: dict[int, int] = {}
+
+    def walk(x, depth: int) -> None:
+        if depth > 16 or id(x) in seen_objects or isinstance(x, (str, bytes, int, float, bool, type(None))):
+            return
+        seen_objects.add(id(x))
+        if isinstance(x, torch.Tensor):
+            if x.data_ptr() not in own:
+                found[x.data_ptr()] = max(found.get(x.data_ptr(), 0), x.untyped_storage().nbytes())
+            return
+        if isinstance(x, torch.nn.Module):  # the modules are walked as roots, not through references
+            return
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v, depth + 1)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            for v in x:
+                walk(v, depth + 1)
+        elif hasattr(x, "__dict__"):  # hook objects, state managers, cached states
+            for v in vars(x).values():
+                walk(v, depth + 1)
+
+    for name, m in model.named_modules(remove_duplicate=False):
+        for key in set(vars(m)) - before.get(name, set()):
+            walk(vars(m)[key], 0)
+    return sum(found.values()) or None
+
+
 def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: int, guidance: float,
             repeats: int, log=print) -> tuple[list, list, list, list, list]:
     """Warm every method up over all seeds (its first generation compiles: `warmup` s, reported apart; these
@@ -73,7 +113,9 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
     contexts = contextlib.ExitStack()
     outputs: list[dict] = []
     warmup: list[float] = []
-    cache_bytes: list = []  # fxcache: bytes its cache buffers hold after a generation (peers: not measured)
+    cache_bytes: list = []  # bytes the method's caches hold after a generation (fxcache: its runtimes' buffers;
+    # peers: the tensors their hooks keep, `hook_cache_bytes`)
+    attributes = module_attributes(transformer)
     times = [[] for _ in methods]
     full = [[] for _ in methods]
     probe_module = transformer.blocks[-1].attn1.to_q
@@ -102,11 +144,24 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
             t0 = time.perf_counter()
             before = set(_RUNTIMES)
             with model_of(i) as model:
+                peak = [None]
+                handle = None
+                if m.provider not in ("fxcache", "none"):
+                    # A peer's caches at their largest: after every call (pipelines may clear them at the end)
+                    def held(*_, model=model):
+                        b = hook_cache_bytes(model, attributes)
+                        peak[0] = b if peak[0] is None or (b or 0) > peak[0] else peak[0]
+
+                    handle = model.register_forward_hook(held)
                 outputs.append({s: gen(model, m, s) for s in seeds})
-            # The method's own cache buffers: those of the runtimes its first generation created (fxcache.stats
+                if handle is not None:
+                    handle.remove()
+                    cache_bytes.append(peak[0])
+            # fxcache's own cache buffers: those of the runtimes its first generation created (fxcache.stats
             # of the shared transformer would also count the other fxcache methods compiled on it).
-            cache_bytes.append(sum(inst.nbytes() for r in set(_RUNTIMES) - before for inst in r.instances.all())
-                               if m.provider == "fxcache" else None)
+            if m.provider in ("fxcache", "none"):
+                cache_bytes.append(sum(inst.nbytes() for r in set(_RUNTIMES) - before for inst in r.instances.all())
+                                   if m.provider == "fxcache" else None)
             warmup.append(time.perf_counter() - t0)
             log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")
         for rep in range(repeats):
