@@ -76,6 +76,8 @@ def test_quality_quick_runs_end_to_end(tmp_path):
                     "psnr_mean", "psnr_min", "ssim_mean", "rel_l1_mean", "full_steps_mean"):
             assert key in r
         assert r["time_min_s"] <= r["time_median_s"] <= r["time_max_s"]
+        if r["provider"] in ("fxcache", "diffusers", "cache-dit"):  # every method's caches hold something
+            assert r["cache_bytes"] and r["cache_bytes"] > 0, r
     assert len(rows) == len(data["records"])
 
 
