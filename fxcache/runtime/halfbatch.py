@@ -19,6 +19,7 @@ or still alive. Where a limit is hit, FasterCache falls back to feature reuse on
 
 from __future__ import annotations
 
+import threading
 import types
 import weakref
 
@@ -163,9 +164,16 @@ class HalfBatch:
         self.variants = None
         self.arg_of: list[int] = []  # half graph input i -> parent graph input
         self.failed: str | None = None
+        self._lock = threading.Lock()  # two threads meeting the first batched-CFG call trace it once
 
     def ready(self, args, batch: int, make_variants) -> bool:
         """Build the half graph if not done yet; False (with `failed` set) if it cannot be used."""
+        if self.discovery is not None:
+            return True
+        with self._lock:
+            return self._build(args, batch, make_variants)
+
+    def _build(self, args, batch: int, make_variants) -> bool:
         if self.discovery is not None:
             return True
         if self.failed is not None:
