@@ -12,7 +12,8 @@ The variant computes the node range [start, stop) of the original graph with:
   extra outputs;
 - a probe (`plan.stop`): outputs everything a continuation may need; a continuation (`plan.start`): takes the
   probe's values as inputs;
-- a rebuild (FasterCache's CFG-Cache): none of the graph, the output blended from the peer stream's (passes/cfg.py).
+- a rebuild (FasterCache's CFG-Cache): none of the graph, the output blended from the peer stream's (passes/cfg.py);
+  a cond-half plan (`plan.half`, batched CFG, specialised on the half-batch graph) returns [rebuilt uncond; cond].
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
 
 Inputs and outputs are described by keys, which the runtime uses to wire tensors:
@@ -224,7 +225,13 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         orig = output_node.args[0]
         flat = list(orig) if isinstance(orig, (tuple, list)) else [orig]
         for i, o in enumerate(flat):
-            emit(("out", i), value(o) if isinstance(o, fx.Node) else o)
+            out = value(o) if isinstance(o, fx.Node) else o
+            if plan.half and i == 0:  # the cond half's output -> [rebuilt uncond; cond], inside the variant
+                low, high = (placeholder(("cache", CFG_BATCH, j, 0), o, f"cfg_{band}")
+                             for j, band in enumerate(("low", "high")))
+                scales = placeholder(("scales",), None, "cfg_scales")
+                out = g.call_function(torch.cat, ([g.call_function(cfg.rebuild, (out, low, high, scales)), out],))
+            emit(("out", i), out)
     else:
         # Everything the rest of the graph may read, whichever continuation the policy picks.
         needed = {n for n in d.live_at(stop)}

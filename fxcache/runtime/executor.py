@@ -19,7 +19,6 @@ from dataclasses import replace
 import torch
 
 from ..passes.discover import is_param_like
-from ..passes import cfg
 from ..plan import CFG_BATCH, Plan
 from .halfbatch import HalfBatch
 from .instances import Instances
@@ -119,8 +118,6 @@ class Runtime:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
             outputs, more = self._run(plan, args, st, values, scratch, measured, inst, streams)
             computed += more
-        if plan.half:
-            outputs = self._assemble(outputs, st, plan)
         self.policy.observe(call, st.policy, measured, plan)
         self._count(inst, streams.generation != generation, call, plan, computed, measured)
         return outputs
@@ -136,13 +133,6 @@ class Runtime:
 
     def _variants_of(self, gm, d) -> VariantCache:
         return VariantCache(gm, d, self.compiler, self.variants.max_variants)
-
-    def _assemble(self, outputs, st: StreamState, plan: Plan) -> tuple:
-        """[rebuilt uncond; cond] from the cond half's output and the bands of the last full step."""
-        cond = outputs[0]
-        low, high = st.cache[CFG_BATCH][0]
-        scales = torch.tensor(plan.scales, dtype=torch.float32, device=cond.device)
-        return (torch.cat([cfg.rebuild(cond, low, high, scales), cond]), *outputs[1:])
 
     def _settle(self, st: StreamState, sites, inst) -> bool:
         """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
