@@ -51,6 +51,11 @@ def foca(elapsed: int) -> tuple[float, float, float, float]:
     return (1.0 + h, -h, h, -h)
 
 
+def _without_window(site):
+    """A site without its window name (the window of a site is forecast data of that site)."""
+    return type(site)(site.kind, site.start, site.stop) if site.name == "window" else site
+
+
 class StepForecast:
     """Mixin for the step-level policies (fbcache, teacache, magcache): option `forecast` says what a skipped
     step adds to its input, the last computed residual ("reuse", the published methods) or its Taylor forecast
@@ -65,6 +70,9 @@ class StepForecast:
     forecastable: frozenset = frozenset()
 
     def depth(self, site) -> int:
+        """Slots kept: more only for what a forecast reads (a probe site, e.g. FBCache's first block, needs one)."""
+        if _without_window(site) not in self.forecastable:
+            return 1
         return {"taylor": self.order + 1, "foca": 2}.get(self.forecast, 1)
 
     def computed_at(self, state, step: int) -> None:
