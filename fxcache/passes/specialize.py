@@ -21,7 +21,12 @@ Inputs and outputs are described by keys, which the runtime uses to wire tensors
            ("peer", site, j, slot) the same from the plan's peer stream | ("coef",) the forecast weights (1-D
            float32) | ("scales",) the CFG rebuild's band scales (1-D float32)
   outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
-           ("num", site) | ("den", site) | ("mag", site)
+           ("num", site, metric) | ("den", site, metric): a distance's sums | ("mag", site)
+
+Metrics of a measured site (the first stream of it, per sample summed): "rel_l1" against its cached value;
+"peer_rel_l1" against the peer stream's cached value (the cond output of this step, for the uncond call: MixCache's
+D_cfg); "cfg_rel_l1" between the halves of a batched-CFG value `[uncond; cond]` (the same distance in one call);
+"mag_ratio" (MagCache). A plan that reuses OUTPUT returns the cached output and runs nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +70,9 @@ def _site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]
 
 def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     if CFG in plan.reuse:
-        return _rebuild_variant(gm, d)
+        return _rebuild_variant(gm, d, OUTPUT in plan.write)
+    if OUTPUT in plan.reuse:
+        return _output_variant(gm, d)
     start = d.position(plan.start) if plan.start is not None else 0
     stop = d.position(plan.stop) if plan.stop is not None else len(d.nodes)
     g = fx.Graph()
@@ -185,7 +192,22 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             peer = placeholder(("peer", OUTPUT, 0, 0), outs[0], "peer_output")
             both = g.call_function(cfg.bands, (value(outs[0]), peer))
             return [g.call_function(operator.getitem, (both, j)) for j in (0, 1)]
+        if site.kind == "output" and finals:  # what the call returns (under `half`: both halves)
+            return [finals[0]]
         return [value(o) for o in outs]
+
+    finals: list = []  # the variant's outputs (a continuation or a whole call)
+    if plan.stop is None:
+        orig = output_node.args[0]
+        flat = list(orig) if isinstance(orig, (tuple, list)) else [orig]
+        for i, o in enumerate(flat):
+            out = value(o) if isinstance(o, fx.Node) else o
+            if plan.half and i == 0:  # the cond half's output -> [rebuilt uncond; cond], inside the variant
+                low, high = (placeholder(("cache", CFG_BATCH, j, 0), o, f"cfg_{band}")
+                             for j, band in enumerate(("low", "high")))
+                scales = placeholder(("scales",), None, "cfg_scales")
+                out = g.call_function(torch.cat, ([g.call_function(cfg.rebuild, (out, low, high, scales)), out],))
+            finals.append(out)
 
     measured = {site: [] for site, _ in plan.measure}
     for site, metric in plan.measure:
@@ -201,36 +223,33 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             finite = [g.call_function(torch.logical_and, (finite[0], finite[1]))] + finite[2:]
         emit(("fin", site), finite[0])
         if measured.get(site):
-            # Against the cached value, per sample (dim 0), first stream only (the image stream of
-            # dual-stream blocks, as FBCache does).
-            ref = placeholder(("cache", site, 0, 0), _site_nodes(d, site)[0][0],
-                              f"ref_{site.kind}_{site.start}_{site.stop}{site.name}")
-            x = g.call_method("float", (vals[0],))
-            r = g.call_method("float", (ref,))
-            b = g.call_method("size", (x, 0))
+            # Per sample (dim 0), first stream only (the image stream of dual-stream blocks, as FBCache does).
+            like = _site_nodes(d, site)[0][0]
             for metric in measured[site]:
-                if metric == "rel_l1":  # sum|x - ref| and sum|ref|, one fused pass (fxcache.triton_kernels)
+                if metric in ("rel_l1", "peer_rel_l1"):  # sum|x - ref| and sum|ref|, one fused pass
+                    ref = placeholder(("cache" if metric == "rel_l1" else "peer", site, 0, 0), like,
+                                      f"{metric}_{site.kind}_{site.start}_{site.stop}{site.name}")
                     sums = g.call_function(rel_l1_sums, (vals[0], ref))
-                    emit(("num", site), g.call_function(operator.getitem, (sums, 0)))
-                    emit(("den", site), g.call_function(operator.getitem, (sums, 1)))
+                elif metric == "cfg_rel_l1":  # [uncond; cond]: sum|uncond - cond| and sum|cond|
+                    halves = g.call_method("chunk", (vals[0], 2))
+                    sums = g.call_function(rel_l1_sums, tuple(g.call_function(operator.getitem, (halves, k))
+                                                              for k in (0, 1)))
                 elif metric == "mag_ratio":  # MagCache: mean over tokens of |x|_2 / |ref|_2 over channels
+                    ref = placeholder(("cache", site, 0, 0), like, f"ref_{site.kind}_{site.start}_{site.stop}")
+                    x, r = g.call_method("float", (vals[0],)), g.call_method("float", (ref,))
                     nx = g.call_function(torch.linalg.vector_norm, (x,), {"dim": -1})
                     nr = g.call_function(torch.linalg.vector_norm, (r,), {"dim": -1})
-                    q = g.call_method("reshape", (g.call_function(torch.div, (nx, nr)), b, -1))
+                    q = g.call_method("reshape", (g.call_function(torch.div, (nx, nr)),
+                                                  g.call_method("size", (x, 0)), -1))
                     emit(("mag", site), g.call_method("mean", (q, 1)))
+                    continue
                 else:
                     raise ValueError(f"unknown metric {metric!r}")
+                emit(("num", site, metric), g.call_function(operator.getitem, (sums, 0)))
+                emit(("den", site, metric), g.call_function(operator.getitem, (sums, 1)))
 
     if plan.stop is None:
-        orig = output_node.args[0]
-        flat = list(orig) if isinstance(orig, (tuple, list)) else [orig]
-        for i, o in enumerate(flat):
-            out = value(o) if isinstance(o, fx.Node) else o
-            if plan.half and i == 0:  # the cond half's output -> [rebuilt uncond; cond], inside the variant
-                low, high = (placeholder(("cache", CFG_BATCH, j, 0), o, f"cfg_{band}")
-                             for j, band in enumerate(("low", "high")))
-                scales = placeholder(("scales",), None, "cfg_scales")
-                out = g.call_function(torch.cat, ([g.call_function(cfg.rebuild, (out, low, high, scales)), out],))
+        for i, out in enumerate(finals):
             emit(("out", i), out)
     else:
         # Everything the rest of the graph may read, whichever continuation the policy picks.
@@ -263,17 +282,33 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     return Variant(fx.GraphModule(gm, g), keep, outputs, computed)
 
 
-def _rebuild_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
+def _rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False) -> Variant:
     """The output rebuilt from the peer stream's output and this stream's cached band images; nothing of the
-    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`)."""
+    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`). With
+    `write_output`, the rebuilt output is also this stream's OUTPUT site (MixCache's step reuse reads it)."""
     g = fx.Graph()
     out = _site_nodes(d, OUTPUT)[0][0]
     keys = [("peer", OUTPUT, 0, 0), ("cache", CFG, 0, 0), ("cache", CFG, 1, 0), ("scales",)]
     phs = [g.placeholder(name) for name in ("peer_output", "cfg_low", "cfg_high", "cfg_scales")]
     for ph in phs[:3]:
         ph.meta = copy.copy(out.meta)
-    g.output((g.call_function(cfg.rebuild, tuple(phs)),))
-    return Variant(fx.GraphModule(gm, g), keys, [("out", 0)], 0)
+    rebuilt = g.call_function(cfg.rebuild, tuple(phs))
+    if not write_output:
+        g.output((rebuilt,))
+        return Variant(fx.GraphModule(gm, g), keys, [("out", 0)], 0)
+    finite = g.call_method("all", (g.call_function(torch.isfinite, (rebuilt,)),))
+    g.output((rebuilt, rebuilt, finite))
+    return Variant(fx.GraphModule(gm, g), keys, [("out", 0), ("site", OUTPUT, 0), ("fin", OUTPUT)], 0)
+
+
+def _output_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
+    """The stream's cached output returned as this call's output (MixCache's step level); nothing runs. Only
+    for graphs whose outputs are one tensor (`rebuildable`)."""
+    g = fx.Graph()
+    ph = g.placeholder("cached_output")
+    ph.meta = copy.copy(_site_nodes(d, OUTPUT)[0][0].meta)
+    g.output((g.call_function(torch.clone, (ph,)),))  # a fresh tensor: the caller may modify what it gets
+    return Variant(fx.GraphModule(gm, g), [("cache", OUTPUT, 0, 0)], [("out", 0)], 0)
 
 
 def rebuildable(d: Discovery) -> str | None:

@@ -38,11 +38,14 @@ def _paired(x) -> bool:
 class Call:
     """What a policy may know about the current call."""
 
-    __slots__ = ("step", "stream", "timestep", "num_steps", "paired")
+    __slots__ = ("step", "stream", "timestep", "num_steps", "paired", "shared")
 
     def __init__(self, step: int, stream: str, timestep: float | None, num_steps: int | None,
-                 paired: bool = False) -> None:
+                 paired: bool = False, shared: dict | None = None) -> None:
         self.step, self.stream, self.timestep, self.num_steps = step, stream, timestep, num_steps
+        # State the streams of one generation share (a policy that decides per step for both CFG branches keeps
+        # its decision here); cleared with the generation, like the streams' own states.
+        self.shared = {} if shared is None else shared
         # The batch is [uncond; cond] (both halves of the latent input equal, as batched-CFG pipelines call the
         # model) and the cond half can run alone (Plan.half); looked at only for policies with `batched_cfg`,
         # once per generation.
@@ -99,7 +102,8 @@ class Runtime:
             # stream would exist by now): a batch of two separate prompts with equal latents is not CFG.
             st.paired = (self.policy.batched_cfg and len(streams.states) == 1 and self.discovery.hidden is not None
                          and _paired(args[self.discovery.hidden]) and self._half_ready(args))
-        call = Call(st.step, st.name, streams.last_t, self.num_steps, bool(st.paired) and len(streams.states) == 1)
+        call = Call(st.step, st.name, streams.last_t, self.num_steps, bool(st.paired) and len(streams.states) == 1,
+                    streams.shared)
         plan = self.policy.plan(call, st.policy)
         if plan.half and not st.paired:
             raise RuntimeError(f"fxcache: policy {self.policy.name} planned a cond-half call on a call that is not "
@@ -181,8 +185,8 @@ class Runtime:
                             f"from {key[3]} computed steps ago, but only {len(slots)} are kept")
                     raise RuntimeError(f"fxcache: policy {self.policy.name} read {what} {when}")
                 value = slots[key[3]][key[2]]
-                inputs.append(half.site(key[1], key[2], value) if half is not None and key[1].kind == "module"
-                              else value)
+                cut = half is not None and key[1].kind in ("module", "stream")
+                inputs.append(half.site(key[1], key[2], value) if cut else value)
             else:  # "coef" / "scales": the forecast weights / band scales, on the device of the values they weigh
                 device = next((i.device for i in inputs if isinstance(i, torch.Tensor)), None)
                 inputs.append(torch.tensor(plan.coeffs if kind == "coef" else plan.scales, dtype=torch.float32,
@@ -201,7 +205,7 @@ class Runtime:
             elif kind == "fin":
                 scratch[("fin", key[1])] = r
             elif kind == "num":
-                reads.append(((key[1], "rel_l1"), r.sum()))
+                reads.append(((key[1], key[2]), r.sum()))
             elif kind == "den":
                 num = reads.pop()
                 reads.append((num[0], num[1] / r.sum().clamp_min(1e-12)))

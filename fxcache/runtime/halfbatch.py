@@ -211,8 +211,12 @@ class HalfBatch:
         return _cond_half(x, self._arg_len[i])
 
     def site(self, site, j: int, x):
-        """Output j of a module site as the half graph computes it (the cond half of a full-batch value)."""
-        return _cond_half(x, self._site_len[(site, j)])
+        """Output j of a module or stream site as the half graph computes it (the cond half of a full-batch
+        value; a stream's leading dimension is batch-major, as the blocks' inputs are)."""
+        n = self._site_len.get((site, j))
+        if n is None and isinstance(x, torch.Tensor) and x.ndim >= 1:
+            n = x.shape[0] // 2
+        return _cond_half(x, n)
 
     def _lengths(self, d: Discovery) -> None:
         # Leading lengths in the half graph: a batch-major leading dimension (batch, or batch x tokens as in

@@ -130,6 +130,7 @@ class Streams:
 
     def reset(self) -> None:
         self.states.clear()
+        self.shared: dict = {}  # what the policy keeps per generation across streams (executor.Call.shared)
         self.last_t: float | None = None
         self._direction = 0  # -1: timesteps fall (1000 -> 0), +1: they rise; 0: not known yet
         self._position = 0
@@ -183,6 +184,7 @@ class Streams:
             new = True
         if new:
             self.states.clear()
+            self.shared = {}
             self._direction = move = 0
         elif move and not self._direction:
             self._direction = move
