@@ -1,5 +1,6 @@
 """Policies: one file per method family. `POLICIES` maps every accepted name to its class."""
 
+from .adacache import AdaCache
 from .base import NoCache, Param, Policy, Unsupported
 from .blockdance import BlockDance
 from .dbcache import DBCache
@@ -8,6 +9,7 @@ from .fastercache import FasterCache
 from .fbcache import FBCache
 from .fora import FORA
 from .magcache import MagCache
+from .mixcache import MixCache
 from .pab import PAB
 from .taylorseer import TaylorSeer
 from .teacache import DynamicCache, TeaCache
@@ -21,6 +23,7 @@ POLICIES: dict[str, type[Policy]] = {
     "teacache": TeaCache,
     "dynamiccache": DynamicCache,
     "magcache": MagCache,
+    "adacache": AdaCache,
     "dbcache": DBCache,
     "fora": FORA,
     "pab": PAB,
@@ -29,4 +32,5 @@ POLICIES: dict[str, type[Policy]] = {
     "deltadit": DeltaDiT,
     "blockdance": BlockDance,
     "fastercache": FasterCache,
+    "mixcache": MixCache,
 }
