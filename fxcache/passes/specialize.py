@@ -26,7 +26,9 @@ Inputs and outputs are described by keys, which the runtime uses to wire tensors
 Metrics of a measured site (the first stream of it, per sample summed): "rel_l1" against its cached value;
 "peer_rel_l1" against the peer stream's cached value (the cond output of this step, for the uncond call: MixCache's
 D_cfg); "cfg_rel_l1" between the halves of a batched-CFG value `[uncond; cond]` (the same distance in one call);
-"mag_ratio" (MagCache). A plan that reuses OUTPUT returns the cached output and runs nothing.
+"mag_ratio" (MagCache); "motion:<S>:<s>:<j>" (AdaCache's MoReg, on output j of the site, S tokens per latent
+frame along its token axis, frame stride s: `motion_sums`). A plan that reuses OUTPUT returns the cached output and
+runs nothing.
 """
 
 from __future__ import annotations
@@ -243,6 +245,9 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                                                   g.call_method("size", (x, 0)), -1))
                     emit(("mag", site), g.call_method("mean", (q, 1)))
                     continue
+                elif metric.startswith("motion:"):  # AdaCache's MoReg: no reference, one fused pass
+                    _, per_frame, stride, j = metric.split(":")
+                    sums = g.call_function(motion_sums, (vals[int(j)], int(per_frame), int(stride)))
                 else:
                     raise ValueError(f"unknown metric {metric!r}")
                 emit(("num", site, metric), g.call_function(operator.getitem, (sums, 0)))
@@ -280,6 +285,15 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                    if start <= u.start < stop and not any(s.kind in ("residual", "stream") and s.start <= k < s.stop
                                                           for s in plan.reuse | plan.forecast))
     return Variant(fx.GraphModule(gm, g), keep, outputs, computed)
+
+
+def motion_sums(x: torch.Tensor, per_frame: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaCache's motion term as per-sample sums: with x's token axis (dim 1) cut into frames of `per_frame` tokens,
+    sum|x[f + s] - x[f]| and sum|x[f + s]| + sum|x[f]| over the frames f that have a partner s frames on."""
+    v = x.reshape(x.shape[0], x.shape[1] // per_frame, -1).float()
+    later, earlier = v[:, stride:], v[:, :-stride]
+    num = (later - earlier).abs().sum((1, 2))
+    return num, later.abs().sum((1, 2)) + earlier.abs().sum((1, 2))
 
 
 def _rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False) -> Variant:
