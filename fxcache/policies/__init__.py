@@ -1,7 +1,6 @@
 """Policies: one file per method family. `POLICIES` maps every accepted name to its class."""
 
 from .adacache import AdaCache
-from .adacache import AdaCache
 from .base import NoCache, Param, Policy, Unsupported
 from .blockdance import BlockDance
 from .dbcache import DBCache
@@ -24,7 +23,6 @@ POLICIES: dict[str, type[Policy]] = {
     "teacache": TeaCache,
     "dynamiccache": DynamicCache,
     "magcache": MagCache,
-    "adacache": AdaCache,
     "adacache": AdaCache,
     "dbcache": DBCache,
     "fora": FORA,
