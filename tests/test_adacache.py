@@ -99,12 +99,13 @@ def test_codebook_lookup_and_presets():
     assert p.table(100) == (sorted({0.03: 12, 0.05: 10, 0.07: 8, 0.09: 6, 0.11: 4, 1.0: 3}.items()), (10, 90))
     assert p.table(30) == (sorted({0.08: 3, 0.16: 2, 0.24: 1, 0.32: 1, 0.40: 1, 1.0: 1}.items()), (4, 26))
     assert p.table(None) == p.table(30)
-    # Rescaled: thresholds times P / N, rates times N / P (half up, >= 1), the MoReg window times N / P.
+    # Rescaled: thresholds times P / N, rates times N / P (rounded down, >= 1), the MoReg window times N / P.
     book20, window20 = p.table(20)
     assert [r for _, r in book20] == [2, 1, 1, 1, 1, 1] and window20 == (3, 17)
     assert [t for t, _ in book20] == pytest.approx([0.12, 0.24, 0.36, 0.48, 0.60, 1.5])
     book60, window60 = p.table(60)
-    assert [r for _, r in book60] == [7, 6, 5, 4, 2, 2] and window60 == (6, 54)
+    assert [r for _, r in book60] == [7, 6, 4, 3, 2, 1] and window60 == (6, 54)
+    assert [r for _, r in bound(codebook="100").table(50)[0]] == [6, 5, 4, 3, 2, 1]  # = the 30-step fast rates
     assert bound(codebook="30-fast").table(30)[0] == sorted({0.08: 6, 0.16: 5, 0.24: 4, 0.32: 3, 0.40: 2,
                                                              1.0: 1}.items())
     # An explicit mapping is used as given, sorted by threshold.

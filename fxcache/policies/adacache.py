@@ -25,7 +25,8 @@ Decision, on every computed step that has a reference (not the first one):
 5. g = mograd_mul * (m - prev_moreg) / (steps since the previous computed step), prev_moreg <- m, m <- m + |g|
    (mograd_mul = 10; prev_moreg starts at 1);
 6. d *= m;
-7. codebook: the rate of the first threshold (ascending) with d < threshold, else the last rate;
+7. codebook: the rate of the first threshold (ascending) with d < threshold, else the last rate (the official
+   code tests the first five thresholds of its six-entry codebooks, which is the same rule for those);
 8. the new rate applies from the next step on.
 
 Options and defaults:
@@ -35,10 +36,11 @@ Options and defaults:
   >= 1; sorted by threshold), or "auto" (default): "100" when N >= 55 (about the geometric mean of 30 and 100),
   else "30-slow" (the one that stays closer to the uncached run; "30-fast" trades fidelity for speed); "30-slow"
   when N is unknown. A preset is rescaled to N when N is known and differs from its step count P: thresholds
-  times P / N, rates times N / P (rounded half up, at least 1). Why: d is a per-step distance, which for the same
+  times P / N, rates times N / P rounded down (at least 1). Why: d is a per-step distance, which for the same
   trajectory grows about as 1 / N, and a rate is a number of steps, which grows as N; the paper's own presets are
-  related that way (30-step thresholds 0.08-0.40 against 0.03-0.11 at 100 steps, about 100/30 times; the fast
-  30-step rates are about half the 100-step ones). With N = 30 or 100 the presets are used exactly.
+  related that way (the 30-step thresholds 0.08-0.40 are 2.7-3.6 times the 100-step 0.03-0.11, about 100 / 30;
+  the fast 30-step rates 6, 5, 4, 3, 2, 1 are the 100-step ones halved and rounded down). Rounding down keeps the
+  rescaled schedule no faster than the preset's. With N = 30 or 100 the presets are used exactly.
 - `probe_site`: "t-attn" (default, official), "s-attn" or "ca-mlp". They map to the module sites inside blocks
   (passes/modules.py): "t-attn" the self-attention module of a temporal block (role "attn", temporal), "s-attn"
   that of a spatial one (role "attn", not temporal), "ca-mlp" the cross-attention and MLP modules of the block
@@ -64,23 +66,25 @@ num / den sums that the runtime reads with the distances in the same host read. 
 input (`Discovery.hidden`) must be a 5-D video, (B, C, F, H, W) or (B, F, C, H, W); the probe output is (B, F' * S,
 D) with S = (H / p)(W / p) and F' = F / pt frames for a temporal patch pt dividing F and a square spatial patch p
 dividing H and W (on the probe's longest output that matches: the smallest pt, frame axis 2 before 1, then the
-smallest p), or, in a temporal block's layout (B * S, F', D), S = 1 (Latte). Image models, layouts that match nothing, symbolic (dynamic) shapes and
-latents with at most max(moreg_strides) frames raise an OptionError; `tokens_per_frame` overrides the derivation
-for (B, L, D) outputs.
+smallest p), or, in a temporal block's layout (B * S, F', D), S = 1 (Latte). Image models, layouts that match
+nothing, symbolic (dynamic) shapes and latents with at most max(moreg_strides) frames raise an OptionError;
+`tokens_per_frame` overrides the derivation for (B, L, D) outputs.
 
 Deviations from the official code (all documented choices, none changes the method's rule):
 - The probe is the attention / MLP module's output, before the block's gate: the official A_res is gate_msa *
   attn(...) (the gate lives outside the module site, so measuring after it would need a new site kind). For
   "ca-mlp" the official measures the sum cross + gate_mlp * mlp; here the cross and MLP distances are two probes,
   averaged by step 3's rule, and MoReg reads the MLP. On models whose first output of a module is the text part
-  (CogVideoX's joint attention), "rel_l1" reads that first output (the engine's convention); MoReg reads the first
-  output whose shape fits the video layout.
+  (CogVideoX's joint attention), "rel_l1" reads that first output (the engine's convention); MoReg reads the
+  longest output whose shape fits the video layout.
 - Steps 2 and 5 divide by the steps since the previous computed step; the official divides by the current rate.
   They differ only on a forced step (N - 1) that comes before prev + rate, whose decision cannot change the
   schedule (step N is forced anyway).
 - Models that call the transformer once per CFG branch (Wan) keep one schedule per stream (ALGORITHMS.md's
   convention for separate calls); batched-CFG models decide once for both halves, as the official code does.
 - A non-finite distance (the runtime found NaN / inf) sets the rate to 1: the next step computes.
+- State lives in each stream's `new_state()` and starts over with every generation (the runtime detects them); the
+  official blocks reset their counters when the step count reaches N.
 - The probe block is rescaled to the model's depth (above); the codebook presets to its step count (above).
 """
 
@@ -332,7 +336,7 @@ class AdaCache(StepForecast, Policy):
                 if n is None or n == p:
                     book = sorted(preset.items())
                 else:
-                    book = sorted((t * p / n, max(1, _half_up(r * n / p))) for t, r in preset.items())
+                    book = sorted((t * p / n, max(1, r * n // p)) for t, r in preset.items())
             if self.moreg_steps != "auto":
                 window = (int(self.moreg_steps[0]), int(self.moreg_steps[1]))
             else:
