@@ -274,6 +274,7 @@ def rel_l1(a, b) -> float:
     ("wan", {"num_steps": 20}),
     ("wan", {"num_steps": 20, "moreg": True, "codebook": "30-fast"}),
     ("latte", {"num_steps": 20, "moreg": True}),
+    ("cogvideox", {"num_steps": 20, "codebook": "30-fast"}),  # batched CFG: one schedule for both halves
 ])
 def test_on_zoo_model(name, options):
     entry = ZOO[name]
