@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import RATIOS
+from .profiling import CALIBRATION
 from .harness import fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
 from .reference.data import Prompt
 from .reference.judge import score
@@ -32,7 +32,7 @@ def methods(compiler: str):
         fxcache_method("fbcache", "threshold=0.05 (default)", compiler),
         fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
         fxcache_method("teacache", "threshold=0.1", compiler, threshold=0.1),
-        fxcache_method("magcache", "calibrated", compiler, ratios=str(RATIOS)),
+        fxcache_method("magcache", "calibrated", compiler, calibration=str(CALIBRATION)),
     ]
 
 
@@ -65,10 +65,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("out"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if not RATIOS.exists():
-        from .calibrate import calibrate_magcache
+    if not CALIBRATION.exists():
+        from .profiling import calibrate
 
-        calibrate_magcache()
+        calibrate()
     t_start = time.time()
     model, encoder = load()
     cond, uncond = encoder.encode(PROMPTS)

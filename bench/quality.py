@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import CALIBRATION_PROMPTS, RATIOS
+from .profiling import CALIBRATION, CALIBRATION_PROMPTS
 from .harness import (Method, frontier_table, fxcache_method, markdown_table, measure, plot_pareto, rows,
                       uncached_method)
 from .overhead import machine
@@ -37,7 +37,7 @@ PROMPTS = all_prompts()[::6]  # 8 prompts: every shape, color and direction
 
 
 def fxcache_methods(compiler: str) -> list[Method]:
-    ratios = str(RATIOS)
+    calibration = str(CALIBRATION)  # MagCache's ratios from `python -m fxcache.profile` (bench/profiling.py)
     m = [
         fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
         fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
@@ -48,10 +48,10 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("dynamiccache", "output, threshold=0.1", compiler, indicator="output", threshold=0.1),
         fxcache_method("dynamiccache", "output, threshold=0.2", compiler, indicator="output", threshold=0.2),
         fxcache_method("dynamiccache", "output, threshold=0.3", compiler, indicator="output", threshold=0.3),
-        fxcache_method("magcache", "0.06/K3/0.2", compiler, ratios=ratios, threshold=0.06, max_skips=3,
+        fxcache_method("magcache", "0.06/K3/0.2", compiler, calibration=calibration, threshold=0.06, max_skips=3,
                        retention=0.2),
-        fxcache_method("magcache", "0.12/K2/0.2 (Wan)", compiler, ratios=ratios),
-        fxcache_method("magcache", "0.24/K6/0.2", compiler, ratios=ratios, threshold=0.24, max_skips=6,
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan)", compiler, calibration=calibration),
+        fxcache_method("magcache", "0.24/K6/0.2", compiler, calibration=calibration, threshold=0.24, max_skips=6,
                        retention=0.2),
     ]
     batched = fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)
@@ -85,15 +85,15 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("dbcache", "F2B1 R0.12 W8", compiler, Fn=2, Bn=1, threshold=0.12),
         fxcache_method("fbcache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
         fxcache_method("teacache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
-        fxcache_method("magcache", "0.12/K2/0.2 (Wan) taylor O1", compiler, ratios=ratios, forecast="taylor"),
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan) taylor O1", compiler, calibration=calibration, forecast="taylor"),
         # forecasts on the step-level policies: more aggressive thresholds, and FoCa (cache-dit's calibrator)
         fxcache_method("teacache", "threshold=0.15 taylor O1", compiler, threshold=0.15, forecast="taylor"),
         fxcache_method("teacache", "threshold=0.2 taylor O1", compiler, threshold=0.2, forecast="taylor"),
         fxcache_method("teacache", "threshold=0.1 foca", compiler, threshold=0.1, forecast="foca"),
         fxcache_method("teacache", "threshold=0.2 foca", compiler, threshold=0.2, forecast="foca"),
-        fxcache_method("magcache", "0.24/K6/0.2 taylor O1", compiler, ratios=ratios, threshold=0.24, max_skips=6,
-                       retention=0.2, forecast="taylor"),
-        fxcache_method("magcache", "0.12/K2/0.2 (Wan) foca", compiler, ratios=ratios, forecast="foca"),
+        fxcache_method("magcache", "0.24/K6/0.2 taylor O1", compiler, calibration=calibration, threshold=0.24,
+                       max_skips=6, retention=0.2, forecast="taylor"),
+        fxcache_method("magcache", "0.12/K2/0.2 (Wan) foca", compiler, calibration=calibration, forecast="foca"),
         fxcache_method("fbcache", "threshold=0.2 taylor O1", compiler, threshold=0.2, forecast="taylor"),
         fxcache_method("fbcache", "threshold=0.1 foca", compiler, threshold=0.1, forecast="foca"),
         fxcache_method("dbcache", "F1B0 R0.12 W8 foca", compiler, Fn=1, threshold=0.12, forecast="foca"),
@@ -168,10 +168,10 @@ def run(args) -> list[dict]:
             methods = baselines + [m for m in methods[len(baselines):] if re.search(args.match, m.label)]
     else:
         methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
-    if not RATIOS.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
-        from .calibrate import calibrate_magcache
+    if not CALIBRATION.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
+        from .profiling import calibrate
 
-        calibrate_magcache(steps=args.steps)
+        calibrate()
 
     print_ = print if not args.quiet else (lambda *_: None)
     print_(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "

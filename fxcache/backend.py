@@ -67,7 +67,13 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
         raise option_error(f"fxcache: option 'decision_log' (decision records kept per model) must be an int "
                            f">= 0, got {decision_log!r}")
+    calibration = options.pop("calibration", None)
+    if calibration is not None:
+        from .calibration import load
+
+        calibration = load(calibration)
     policy = POLICIES[name](**options)
+    policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
                     "decision_log": decision_log}
 
@@ -105,6 +111,10 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
     if d is None:
         reason = "no list of repeated transformer blocks in this graph"
     else:
+        if policy.calibration is not None:  # a file profiled on another model is an error, not a fallback
+            from .calibration import check_model, traced_model_class
+
+            check_model(policy.calibration, d, traced_model_class(d))
         try:
             policy.bind(d)
         except Unsupported as e:

@@ -85,6 +85,7 @@ class Policy:
     name = "none"
     params: dict[str, Param] = {}
     batched_cfg = False  # plans may run only the cond half of a batched-CFG call (Plan.half): Call.paired is set
+    calibration = None  # the loaded `calibration` option (fxcache.calibration.Calibration), set before bind
 
     def __init__(self, **options) -> None:
         for key, value in options.items():
@@ -92,9 +93,14 @@ class Policy:
                 accepted = ", ".join(sorted(self.params)) or "none"
                 raise option_error(f"fxcache: unknown option {key!r} for policy {self.name!r}; "
                                    f"its options are: {accepted} (plus policy, compiler, num_steps, max_variants, "
-                                   f"decision_log)")
+                                   f"decision_log, calibration)")
         for key, p in self.params.items():
             setattr(self, key, p.validate(self.name, key, options.get(key, p.default)))
+
+    def configure(self, calibration) -> None:
+        """Receive the `calibration` option's loaded file (or None), right after the options are validated and
+        before `bind`. Policies with no use for it ignore it."""
+        self.calibration = calibration
 
     def bind(self, discovery) -> None:
         """Learn the graph's sites (unit count, probe cut, indicators); raise Unsupported if unusable."""

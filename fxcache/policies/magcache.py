@@ -6,8 +6,12 @@ ratios since the last computed step into R, accumulates the error E += |1 - R|, 
 while E < threshold and at most `max_skips` steps in a row; otherwise it computes and resets. Ratio lists are
 nearest-interpolated when N differs from the calibration.
 
-    options={"policy": "magcache", "calibrate": "ratios.json"}   # one uncached generation records the ratios
+    options={"policy": "magcache", "calibration": "calibration.json"}  # the ratios `python -m fxcache.profile`
+                                                                       # measured (averaged over its prompts)
+    options={"policy": "magcache", "calibrate": "ratios.json"}   # or: one uncached generation records the ratios
     options={"policy": "magcache", "ratios": "ratios.json"}      # later generations use them
+
+Precedence: `ratios` (a ratio file, a calibration file, or lists) over the `calibration` file's "magcache" section.
 
 Defaults: the paper's per-family constants (Wan 0.12/2/0.2, Flux 0.24/5/0.1, HunyuanVideo 0.24/6/0.2), else
 diffusers' (0.06/3/0.2).
@@ -44,11 +48,13 @@ def load_ratios(source) -> dict[str, list[float]]:
     """{stream: [gamma_1..gamma_N]} from a calibration file, a dict, or one list for every stream."""
     if isinstance(source, str):
         path = Path(source)
-        record = f"record one with options={{'policy': 'magcache', 'calibrate': {source!r}}}"
+        record = (f"record one with options={{'policy': 'magcache', 'calibrate': {source!r}}} or "
+                  f"`python -m fxcache.profile`")
         if not path.exists():
             raise option_error(f"fxcache: option 'ratios' of policy 'magcache': no file {source!r}; {record}")
         try:
-            source = json.loads(path.read_text())["streams"]
+            data = json.loads(path.read_text())
+            source = data["magcache"] if data.get("format") == "fxcache-calibration" else data["streams"]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
             raise option_error(f"fxcache: option 'ratios' of policy 'magcache': {str(path)!r} is not a MagCache "
                                f"calibration file ({type(e).__name__}: {e}); {record}") from None
@@ -92,13 +98,23 @@ class MagCache(StepForecast, Policy):
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
-        if self.ratios is None and self.calibrate is None:
-            raise option_error("fxcache: policy 'magcache' needs option 'ratios' (a calibration file or list) or "
-                               "'calibrate' (a path to record one into)")
         self.table = load_ratios(self.ratios) if self.ratios is not None else None
         self.recorded: dict[str, list[float]] = {}
 
+    def configure(self, calibration) -> None:
+        super().configure(calibration)
+        if self.table is None and calibration is not None and calibration.section("magcache"):
+            self.table = load_ratios(calibration.section("magcache"))
+        if self.table is None and self.calibrate is None:
+            where = (f"; the calibration file {calibration.path!r} has no magcache ratios (the model's block stack "
+                     f"has no residual)" if calibration is not None else "")
+            raise option_error("fxcache: policy 'magcache' needs option 'ratios' (a ratio file or list), "
+                               "'calibration' (a file from `python -m fxcache.profile`) or 'calibrate' (a path to "
+                               f"record ratios into){where}")
+
     def bind(self, d) -> None:
+        if self.table is None and self.calibrate is None:
+            self.configure(self.calibration)  # raises: constructed without ratios
         if not d.residual_ok(0, d.num_units):
             raise Unsupported("the block stack's output does not match its input")
         self.stack = residual(0, d.num_units)

@@ -8,8 +8,10 @@ first step is always computed, and the last one when `num_steps` is known.
 Indicators: "modulated_input" (default; block 0's norm(h)*(1+scale)+shift), "timestep" (the timestep embedding
 block 0 reads; what TeaCache uses for CogVideoX and Wan), "output" (DynamicCache-output, a reconstruction: the
 per-step relative change between the two latest computed outputs, accumulated until the threshold).
-Coefficients "auto" use the published polynomial of the model family when it was fitted for the chosen indicator,
-and the identity otherwise (the published ones were fitted on the papers' models and indicators only).
+Coefficients "auto", in order of precedence: the polynomial fitted for the chosen indicator in the `calibration`
+file (`python -m fxcache.profile`, fitted on this model), else the published polynomial of the model family when it
+was fitted for the chosen indicator, else the identity (the published ones were fitted on the papers' models and
+indicators only). An explicit list (or "identity") always wins over both.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ class TeaCache(StepForecast, Policy):
         else:
             self.site = Site("output")
         fam = family(d)
-        if self.coefficients == "auto":
+        fitted = self.calibration.section("teacache").get(self.indicator) if self.calibration is not None else None
+        if self.coefficients == "auto" and fitted:
+            self.poly = np.poly1d(list(fitted))
+        elif self.coefficients == "auto":
             coeffs, fitted_for = COEFFICIENTS.get(fam, ([1.0, 0.0], None))
             self.poly = np.poly1d(coeffs if fitted_for == self.indicator else [1.0, 0.0])
         elif self.coefficients == "identity":
