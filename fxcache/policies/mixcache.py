@@ -14,8 +14,10 @@ step's. Each is measured whenever the step computes it (D_cfg on full steps, D_b
 computed), and the newest value is used.
 
 Algorithm 1, per step (decided at the first call of the step, the cond one; the uncond call follows it):
-- warm-up: full steps while D_step >= theta. D_t^step needs step t's output, so it decides step t + 1: the first
-  full step with D_step < theta ends the warm-up (once; the paper's phase switch).
+- warm-up: a full step while D_step >= theta (line 5, checked at every step, as Algorithm 1 writes it: where the
+  steps' outputs start changing fast again, near the end of a flow-matching schedule, the steps are full again).
+  D_t^step needs step t's output, so the newest measured D_step (of the last step that computed the cond output)
+  decides step t + 1.
 - cache-enabled: cnt <- (cnt + 1) % N; cnt == 0 is a full step, whose output against the previous full step's
   (D_full) sets N: `interval="acc"` 4 / 3 / 2 and `"eff"` (default, the paper's headline MixCache_eff) 5 / 4 / 3 for
   D_full < delta1, < delta2, >= delta2. Other steps take the granularity with the least P = D * I (eq. 7) among those
@@ -80,9 +82,9 @@ def _delta_ok(v) -> bool:
 class MixShared:
     """The decision state of one generation, shared by its CFG branches (executor.Call.shared)."""
 
-    warm: bool = True
     n: int = 0  # the cache interval N
     cnt: int = 0
+    rescale: int = 0  # the step whose full output's D_full sets N
     previous: str = "full"  # the granularity of the previous step (the penalty bars it)
     mode: dict = field(default_factory=dict)  # step -> its decision ("full", "step", "cfg", "block@i")
     d: dict = field(default_factory=dict)  # granularity -> its newest distance D
@@ -188,12 +190,15 @@ class MixCache(Policy):
         return out
 
     def _decide(self, call, shared: MixShared, cfg_available: bool) -> str:
-        if shared.warm or call.step <= self.warmup_steps:
+        d_step = shared.d.get("step")
+        # Line 5 of Algorithm 1, at every step: full while D_step >= theta (NaN too: a non-finite step)
+        if call.step <= self.warmup_steps or d_step is None or not d_step < self.th:
             return "full"
         if not shared.n:
             shared.n = self._n(None)
         shared.cnt = (shared.cnt + 1) % shared.n
         if shared.cnt == 0:
+            shared.rescale = call.step  # this full step's D_full sets N (line 11)
             return "full"
         best, best_p = "full", None
         for mode in self._candidates(shared, cfg_available):
@@ -293,11 +298,6 @@ class MixCache(Policy):
                 shared.d[f"block@{i}"] = measured[(s, "rel_l1")]
         if plan.label != "full":
             return
-        d_step = measured.get((OUTPUT, "rel_l1"))
-        if shared.warm:
-            # NaN (a non-finite step) compares False: the warm-up goes on
-            if d_step is not None and d_step < self.th and call.step >= self.warmup_steps:
-                shared.warm, shared.cnt = False, 0
-        elif (FULL_OUTPUT, "rel_l1") in measured:
+        if (FULL_OUTPUT, "rel_l1") in measured and shared.rescale == call.step:
             d_full = measured[(FULL_OUTPUT, "rel_l1")]
             shared.n = self._n(d_full if d_full == d_full else self.d2)  # NaN: the shortest interval
