@@ -139,9 +139,7 @@ class MixCache(Policy):
         if not allowed:
             raise Unsupported(f"no MixCache granularity applies ({why or 'no block cut'})")
         self.allowed, self.why_not_output = allowed, why
-        cal = (getattr(self, "calibration", None) or {})
-        cal = cal.get("mixcache", {}) if isinstance(cal, dict) else getattr(cal, "section", lambda _: {})("mixcache")
-        cal = cal or {}
+        cal = self.calibration.section("mixcache") if self.calibration is not None else {}
         self.th = self.theta if self.theta is not None else float(cal.get("theta", 0.1))
         if self.delta is not None:
             self.d1, self.d2 = map(float, self.delta)
