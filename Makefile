@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench overhead clean
+.PHONY: demo test bench overhead calibration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ overhead: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.quality
+
+# The reference model's calibration file (TeaCache / MagCache / MixCache / AdaCache constants) and its plot.
+calibration: $(STAMP)
+	$(PY) -m fxcache.profile --target bench.profiling:reference --prompts 4 --seeds 1234 --steps 50 \
+		--guidance 5.0 --out bench/reference/weights/calibration.json
 
 clean:
 	rm -rf $(VENV) out

@@ -30,13 +30,14 @@ plain model carrying forward hooks (passes 2 and 3):
 What is derived (prompts, seeds and, where a stream is named, streams pooled; "steps after warm-up" are the last
 80 % of the steps, the paper's last 40 of 50):
 - teacache[indicator]: TeaCache's own fit, np.polyfit(deg=4) of the per-step D_step (y) against the per-step
-  relative L1 of the indicator (x), pooled over every step >= 2 of every generation and stream; "output" is the
-  identity [1, 0].
+  relative L1 of the indicator (x), pooled over steps 2..N-1 of every generation and stream; "output" is the
+  identity [1, 0]. The last step is left out: TeaCache always computes it, and a flow-matching sampler's jump to
+  sigma = 0 there (D_step ~ 0.6 on the reference model, ten times any other step) would bend the whole fit.
 - magcache[stream]: gamma_k averaged over generations, gamma_1 = 1.
 - mixcache.theta / delta1 / delta2, the paper's section 3.5 as read here: per generation and stream, D_step
-  (steps >= 2) is *stable* from the first step k whose value differs by at most `stable_tol` * D_step_k from
-  each of the previous five (the steps after warm-up if that never happens); theta = the mean of D_step from k
-  on; the deviations from theta from k on give a = theta - min and b = max - theta; delta1 = min(a, b),
+  (steps 2..N-1: the last step's jump is left out as above) is *stable* from the first step k whose value differs
+  by at most `stable_tol` * D_step_k from each of the previous five (the steps after warm-up if that never
+  happens); theta = the mean of D_step from k on; the deviations from theta from k on give a = theta - min and b = max - theta; delta1 = min(a, b),
   delta2 = max(a, b) (delta1 <= delta2, as the N-scaling rule needs). Each is averaged over generations/streams.
 - mixcache.mu / sigma per granularity ("step", "cfg", "block:i"): mu-hat = the mean over steps of mu_t,
   sigma-hat = the mean of sigma_t over the steps after warm-up (averaged over generations first).
@@ -530,10 +531,11 @@ def profile(target: Target | str, *, prompts: int = 4, seeds=(1234,), steps: int
         return [r[s][key] for r in measured for s in r if key in r[s]]
 
     teacache = {"output": [1.0, 0.0]}
+    fit_steps = slice(0, steps - 1)  # the last step is left out: TeaCache always computes it (see the docstring)
     for name in INDICATORS:
-        xs = [x for s in series(f"indicator:{name}") for x in s]
+        xs = [x for s in series(f"indicator:{name}") for x in s[fit_steps]]
         if xs:
-            ys = [y for r in measured for s in r if f"indicator:{name}" in r[s] for y in r[s]["d_step"]]
+            ys = [y for r in measured for s in r if f"indicator:{name}" in r[s] for y in r[s]["d_step"][fit_steps]]
             fitted = _fit(xs, ys)
             if fitted is not None:
                 teacache[name] = fitted
@@ -542,7 +544,7 @@ def profile(target: Target | str, *, prompts: int = 4, seeds=(1234,), steps: int
         rows = [r[s]["mag_ratio"] for r in measured if s in r and "mag_ratio" in r[s]]
         if rows:
             magcache[s] = [1.0] + [v if v is not None else 1.0 for v in _nanmean(rows)[1:]]
-    stab = [x for x in (_stability(d_, stable_tol) for d_ in series("d_step")) if x is not None]
+    stab = [x for x in (_stability(d_[fit_steps], stable_tol) for d_ in series("d_step")) if x is not None]
     impact_curves = {g: _nanmean([r[g] for r in impacts]) for g in _granularities(cuts)}
     w = _warm(steps)
     mixcache = {
@@ -585,9 +587,9 @@ def profile(target: Target | str, *, prompts: int = 4, seeds=(1234,), steps: int
     # TeaCache fit points, for the plot: (indicator change, output change) pairs
     for name in INDICATORS:
         if name in teacache:
-            curves[f"teacache_x:{name}"] = [x for s in series(f"indicator:{name}") for x in s]
+            curves[f"teacache_x:{name}"] = [x for s in series(f"indicator:{name}") for x in s[fit_steps]]
             curves[f"teacache_y:{name}"] = [y for r in measured for s in r if f"indicator:{name}" in r[s]
-                                            for y in r[s]["d_step"]]
+                                            for y in r[s]["d_step"][fit_steps]]
     model = target.model
     data = {
         "format": FORMAT, "version": VERSION,

@@ -201,3 +201,17 @@ def test_validate_copy_is_independent(wan):
     d["mixcache"]["theta"] = float("nan")
     with pytest.raises(ValueError, match="mixcache.theta"):
         calibration.validate(d, "x.json")
+
+
+def test_committed_reference_calibration():
+    """bench/reference/weights/calibration.json: what `make calibration` (bench.profiling.PROFILE_ARGS) writes."""
+    from bench.profiling import CALIBRATION, CALIBRATION_SEED, PROFILE_ARGS
+
+    if not CALIBRATION.exists():
+        pytest.skip("no committed calibration")
+    data = calibration.load(CALIBRATION)
+    args = dict(zip(PROFILE_ARGS[::2], PROFILE_ARGS[1::2]))
+    assert data["run"]["num_steps"] == int(args["--steps"]) and data["run"]["prompts"] == int(args["--prompts"])
+    assert data["run"]["seeds"] == [CALIBRATION_SEED] and data["model"]["class"] == "WanTransformer3DModel"
+    assert all(len(v) == data["run"]["num_steps"] for v in data["magcache"].values())
+    assert CALIBRATION.with_suffix(".png").exists()
