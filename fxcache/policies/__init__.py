@@ -5,6 +5,7 @@ from .base import NoCache, Param, Policy, Unsupported
 from .blockdance import BlockDance
 from .dbcache import DBCache
 from .deltadit import DeltaDiT
+from .dynamiccache import DynamicCache
 from .fastercache import FasterCache
 from .fbcache import FBCache
 from .fora import FORA
@@ -12,7 +13,7 @@ from .magcache import MagCache
 from .mixcache import MixCache
 from .pab import PAB
 from .taylorseer import TaylorSeer
-from .teacache import DynamicCache, TeaCache
+from .teacache import TeaCache
 from .tgate import TGate
 
 __all__ = ["POLICIES", "Param", "Policy", "Unsupported"]
