@@ -122,7 +122,10 @@ def test_defaults_presets_and_coefficients():
     assert bound().indicator == "output" and bound().threshold == 0.02
     assert bound(indicator="timestep").threshold == 0.05
     assert bound(indicator="timestep", preset="latte").threshold == 0.03
-    assert bound(preset="open-sora-plan").threshold == 0.05
+    assert bound(preset="latte").threshold == 0.03
+    assert bound(indicator="timestep", preset="open-sora-plan").threshold == 0.05
+    with pytest.raises(Exception, match="not offered with indicator='output'"):
+        parse_options({"policy": "dynamiccache", "preset": "latte-fast"})
     # raw indicators: Wan's published timestep polynomial is not applied unless asked for
     assert bound(indicator="timestep").poly(0.5) == pytest.approx(0.5)
     assert bound(indicator="timestep", coefficients="auto").poly(0.5) != pytest.approx(0.5)

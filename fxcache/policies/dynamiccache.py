@@ -22,23 +22,26 @@ Where this differs from `teacache` with the same indicator:
   CFG, so one decision there covers both halves, measured over both. Branches skipping on different steps leave
   one of them stale while the other is fresh, and guidance multiplies that difference (guidance 5: 4-5x).
 
-Thresholds. The rule counts change, so a threshold buys as many computed steps as the trajectory's total change
-divides into: roughly N-independent, hence the paper's larger speed-ups at 150 steps. The published thresholds are
-those of the paper's models and transfer only between models whose per-step change is alike:
+Thresholds. The rule counts change, so a threshold buys about as many computed steps as it divides the
+trajectory's total change into, whatever N: hence the paper's larger speed-ups at 150 steps. The published
+thresholds are those of the paper's models and carry over only to models whose per-step change is alike. On the
+reference model (bench/reference: a Wan-architecture DiT, flow matching, CFG 5) the model output changes by
+0.005-0.01 per step through the middle of a 50-step trajectory and by 0.2-0.7 in its last two steps; the timestep
+embedding by 0.015-0.03, rising to 0.1 at the end. Measured there (8 prompts x 2 seeds, PSNR mean / worst against
+the uncached clips, computed steps per branch):
 
-| preset | paper model (steps) | threshold | paper speed-up |
+| preset | paper model (steps): threshold, speed-up | output, 50 / 30 steps | timestep, 50 / 30 steps |
 |---|---|---|---|
-| (not a preset) | Open-Sora 1.2 (30) | 0.2 / 0.25 | 1.75x / 2.03x |
-| "open-sora-plan" | Open-Sora-Plan (150) | 0.05 | 3.29x |
-| (not a preset) | Open-Sora-Plan (150) | 0.1 | 4.62x |
-| "latte" | Latte (50) | 0.03 | 1.70x |
-| "latte-fast" | Latte (50) | 0.05 | 2.32x |
+| (default) | - | 0.02: 24.5/50, 35.2 dB; 18.5/30, 36.2 dB | 0.05: 23/50, 32.2 dB; 19/30, 33.6 dB |
+| "latte" | Latte (50): 0.03, 1.70x | 19/50, 31.0 dB; 15.5/30, 31.9 dB | 32/50, 36.0 dB; 25/30, 38.6 dB |
+| "latte-fast" (timestep) | Latte (50): 0.05, 2.32x | 12.5/50, 25.2 dB; 10.5/30, 25.0 dB | as the default |
+| "open-sora-plan" (timestep) | Open-Sora-Plan (150): 0.05, 3.29x | as "latte-fast" | as the default |
+| (none) | Open-Sora-Plan (150): 0.1, 4.62x | 7/50, 18.4 dB; 6/30, 17.7 dB | 13/50, 25.0 dB; 12/30, 26.7 dB |
+| (none) | Open-Sora (30): 0.2 / 0.25, 1.75x / 2.03x | 30 steps: 4.5 / 4, 16.7 / 15.4 dB | 7 / 6, 21.4 / 20.8 dB |
 
-On the reference model (bench/reference, a Wan-architecture DiT, flow matching) the model output changes by
-0.005-0.01 per step through the middle 80% of a 50-step trajectory and by 0.2-0.7 in the last two steps; the
-timestep embedding by 0.015-0.03, rising to 0.1. At Open-Sora's 0.2 the output rule skips 20-30 steps in a row
-(9-15 dB PSNR); such thresholds are kept out of the defaults and presets. Defaults: 0.05 for "timestep" and 0.02
-for "output" (about 2x at 50 steps on the reference model, >= 30 dB mean PSNR).
+Thresholds that leave the output unusable on the reference model are no default or preset; the 0.05 presets are
+refused with the "output" indicator. Worst clips stay near 17-20 dB at 50 steps for every setting: one clip of the
+reference set (seed 0) diverges from its uncached trajectory under any caching method (bench/results/quality.md).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ from ..errors import option_error
 from .base import Param, non_negative
 from .teacache import TeaCache, TeaState
 
-# preset -> threshold, the paper's settings that stay usable on the reference model (table above)
-PRESETS = {"latte": 0.03, "latte-fast": 0.05, "open-sora-plan": 0.05}
+# preset -> (threshold, indicators it is usable with on the reference model): the paper's settings (table above)
+PRESETS = {"latte": (0.03, ("output", "timestep")), "latte-fast": (0.05, ("timestep",)),
+           "open-sora-plan": (0.05, ("timestep",))}
 DEFAULT_THRESHOLD = {"timestep": 0.05, "output": 0.02}
 INDICATORS = ("timestep", "output")
 
@@ -78,7 +82,7 @@ class DynamicCache(TeaCache):
         "coefficients": Param("identity", (str, list, tuple), TeaCache.params["coefficients"].doc,
                               TeaCache.params["coefficients"].check, TeaCache.params["coefficients"].accepted),
         "preset": Param(None, str, "a published threshold by the paper's model (" + ", ".join(
-            f"{k}={v}" for k, v in PRESETS.items()) + ")", lambda v: v in PRESETS, " | ".join(PRESETS),
+            f"{k}={v[0]}" for k, v in PRESETS.items()) + ")", lambda v: v in PRESETS, " | ".join(PRESETS),
             optional=True),
         "joint": Param(True, bool, "one decision per step for all streams (both CFG branches)"),
     }
@@ -89,7 +93,12 @@ class DynamicCache(TeaCache):
             if options.get("threshold") is not None:
                 raise option_error(f"fxcache: option 'preset'={self.preset!r} of policy 'dynamiccache' sets the "
                                    f"threshold; it cannot be combined with 'threshold'")
-            self.threshold = PRESETS[self.preset]
+            threshold, usable = PRESETS[self.preset]
+            if self.indicator not in usable:
+                raise option_error(f"fxcache: option 'preset'={self.preset!r} (threshold {threshold}) of policy "
+                                   f"'dynamiccache' is not offered with indicator={self.indicator!r}: it leaves "
+                                   f"about 25 dB PSNR on the reference model; use preset 'latte' or a threshold")
+            self.threshold = threshold
         elif self.threshold is None:
             self.threshold = DEFAULT_THRESHOLD[self.indicator]
 
