@@ -36,7 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 PROMPTS = all_prompts()[::6]  # 8 prompts: every shape, color and direction
 
 
-def fxcache_methods(compiler: str) -> list[Method]:
+def fxcache_methods(compiler: str, steps: int = 50) -> list[Method]:
     calibration = str(CALIBRATION)  # MagCache's ratios from `python -m fxcache.profile` (bench/profiling.py)
     m = [
         fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
@@ -45,9 +45,12 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("teacache", "threshold=0.1", compiler, threshold=0.1),
         fxcache_method("teacache", "threshold=0.2", compiler, threshold=0.2),
         fxcache_method("teacache", "threshold=0.3", compiler, threshold=0.3),
-        fxcache_method("dynamiccache", "output, threshold=0.1", compiler, indicator="output", threshold=0.1),
-        fxcache_method("dynamiccache", "output, threshold=0.2", compiler, indicator="output", threshold=0.2),
-        fxcache_method("dynamiccache", "output, threshold=0.3", compiler, indicator="output", threshold=0.3),
+        # DynamicCache (issue 9): its defaults, the paper's Latte threshold, and Open-Sora's (too coarse here)
+        fxcache_method("dynamiccache", "output, default 0.02", compiler),
+        fxcache_method("dynamiccache", "output, preset latte 0.03", compiler, preset="latte"),
+        fxcache_method("dynamiccache", "timestep, default 0.05", compiler, indicator="timestep"),
+        fxcache_method("dynamiccache", "timestep, preset latte 0.03", compiler, indicator="timestep", preset="latte"),
+        fxcache_method("dynamiccache", "output, 0.2 (Open-Sora's; not usable here)", compiler, threshold=0.2),
         fxcache_method("magcache", "0.06/K3/0.2", compiler, calibration=calibration, threshold=0.06, max_skips=3,
                        retention=0.2),
         fxcache_method("magcache", "0.12/K2/0.2 (Wan)", compiler, calibration=calibration),
@@ -99,7 +102,26 @@ def fxcache_methods(compiler: str) -> list[Method]:
         fxcache_method("dbcache", "F1B0 R0.12 W8 foca", compiler, Fn=1, threshold=0.12, forecast="foca"),
         fxcache_method("dbcache", "F1B0 R0.24 W8 foca", compiler, Fn=1, threshold=0.24, forecast="foca"),
     ]
-    return m + [batched, batched_faster] + blocks
+    # The seed methods of issue 9: MixCache (the paper's two intervals, uncalibrated and with the profiled
+    # calibration; the ablations of its Table 2) and AdaCache (its codebooks, MoReg).
+    mix = [
+        fxcache_method("mixcache", "eff (paper defaults)", compiler),
+        fxcache_method("mixcache", "acc (paper defaults)", compiler, interval="acc"),
+        fxcache_method("mixcache", "eff calibrated", compiler, calibration=calibration),
+        fxcache_method("mixcache", "acc calibrated", compiler, interval="acc", calibration=calibration),
+        fxcache_method("mixcache", "ablation: step only + N_eff", compiler, granularities=("step",)),
+        fxcache_method("mixcache", "ablation: cfg only + N_eff", compiler, granularities=("cfg",)),
+        fxcache_method("mixcache", "ablation: block only + N_eff", compiler, granularities=("block",)),
+        fxcache_method("mixcache", "ablation: hybrid + N=4", compiler, interval=4),
+        fxcache_method("mixcache", "ablation: eff without penalty", compiler, penalty=False),
+        fxcache_method("adacache", "auto (30-slow rescaled)", compiler, num_steps=steps),
+        fxcache_method("adacache", "30-fast", compiler, num_steps=steps, codebook="30-fast"),
+        fxcache_method("adacache", "30-fast + MoReg", compiler, num_steps=steps, codebook="30-fast", moreg=True),
+        fxcache_method("adacache", "100", compiler, num_steps=steps, codebook="100"),
+    ]
+    batched_mix = fxcache_method("mixcache", "eff (paper defaults)", compiler)
+    batched_mix.cfg = "batched"
+    return m + [batched, batched_faster] + blocks + mix + [batched_mix]
 
 
 def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
@@ -158,7 +180,7 @@ def run(args) -> list[dict]:
             b = uncached_method(mode)
             b.cfg = cfg
             baselines.append(b)
-    methods = baselines + (fxcache_methods(compiler) if not args.quick else
+    methods = baselines + (fxcache_methods(compiler, args.steps) if not args.quick else
                            [fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)])
     if args.only:  # a subset: these fxcache methods (and peers of these names), with their own baselines
         names = set(args.only.split(","))

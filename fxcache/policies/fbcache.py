@@ -33,6 +33,8 @@ class FBCache(StepForecast, Policy):
         "warmup_steps": Param(0, int, "steps always computed at the start of each stream", non_negative, ">= 0"),
         "max_consecutive_skips": Param(None, int, "at most this many skipped steps in a row (None: unlimited)",
                                        positive, ">= 1 or None"),
+        "joint": Param(False, bool, "one decision per step for every stream (both CFG branches): the first call "
+                       "of the step decides, the others follow"),
     }
 
     def bind(self, d) -> None:
@@ -56,7 +58,11 @@ class FBCache(StepForecast, Policy):
     def decide(self, call, state: FBState, measured: dict) -> Plan:
         d = measured[(self.head, "rel_l1")]
         can_skip = self.max_consecutive_skips is None or state.skips < self.max_consecutive_skips
-        if d < self.threshold and can_skip:
+        skip = d < self.threshold
+        if self.joint:  # the step's first call decides for all its streams (the same step number in each)
+            decided = call.shared.setdefault("fbcache", {})
+            skip = decided.setdefault(call.step, skip)
+        if skip and can_skip:
             state.skips += 1
             return self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip")
         state.skips = 0

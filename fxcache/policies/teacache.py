@@ -1,4 +1,4 @@
-"""TeaCache (ali-vilab/TeaCache), also reachable as "dynamiccache" (FinegrainDynamicCache, reconstructed).
+"""TeaCache (ali-vilab/TeaCache); DynamicCache (FinegrainDynamicCache, reconstructed) builds on it (dynamiccache.py).
 
 Accumulate-and-refresh: each step the relative L1 change of an indicator since the previous step is rescaled by
 a polynomial and added to an accumulator; while it stays below `threshold` the whole block stack is skipped and the
@@ -133,9 +133,3 @@ class TeaCache(StepForecast, Policy):
             gap = max(1, call.step - state.previous_computed)
             state.estimate = float(self.poly(measured[(self.site, "rel_l1")] / gap))
         state.previous_computed = call.step
-
-
-class DynamicCache(TeaCache):
-    """Alias: FinegrainDynamicCache's results match TeaCache's rule; see ALGORITHMS.md section 7."""
-
-    name = "dynamiccache"
