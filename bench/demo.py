@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .profiling import CALIBRATION
-from .harness import fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
+from .harness import default_method, fxcache_method, markdown_table, measure, plot_pareto, rows, uncached_method
 from .reference.data import Prompt
 from .reference.judge import score
 from .reference.model import load
@@ -29,8 +29,8 @@ PROMPTS = [Prompt("circle", "red", "right"), Prompt("square", "blue", "down"),
 def methods(compiler: str):
     return [
         uncached_method(compiler),
-        fxcache_method("fbcache", "threshold=0.05 (default)", compiler),
-        fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
+        default_method(compiler),  # what `backend="fxcache"` does with no policy named
+        fxcache_method("mixcache", "paper defaults", compiler),
         fxcache_method("teacache", "threshold=0.1", compiler, threshold=0.1),
         fxcache_method("magcache", "calibrated", compiler, calibration=str(CALIBRATION)),
     ]
@@ -74,6 +74,10 @@ def main(argv=None) -> None:
     cond, uncond = encoder.encode(PROMPTS)
     print(f"reference Wan DiT, {len(PROMPTS)} prompts, {args.steps} steps, CFG {args.guidance} "
           f"(diffusers WanPipeline, separate cond/uncond calls), {torch.get_num_threads()} threads")
+    import fxcache
+
+    print(f"default (backend='fxcache' with no policy): {fxcache.DEFAULT_POLICY} "
+          f"{fxcache.DEFAULT_OPTIONS}: {fxcache.DEFAULT_WHY}")
     ms = methods(args.compiler)
     outputs, times, full, warmup, cache_bytes = measure(ms, model, cond, uncond, seeds=[0], steps=args.steps,
                                            guidance=args.guidance, repeats=args.repeats)

@@ -56,6 +56,18 @@ def fxcache_method(name: str, setting: str = "", compiler: str = "inductor", **o
     return Method(name, "fxcache", setting, enter, stats=fxcache.stats)
 
 
+def default_method(compiler: str = "inductor") -> Method:
+    """fxcache with no policy named: the default policy and settings (fxcache.DEFAULT_OPTIONS)."""
+    import fxcache
+
+    @contextlib.contextmanager
+    def enter(transformer):
+        yield torch.compile(transformer, fullgraph=True, backend=fxcache.backend(compiler=compiler))
+
+    settings = " ".join(f"{k}={v}" for k, v in fxcache.DEFAULT_OPTIONS.items())
+    return Method(fxcache.DEFAULT_POLICY, "fxcache", f"default: {settings}", enter, stats=fxcache.stats)
+
+
 def uncached_method(compiler: str = "inductor") -> Method:
     @contextlib.contextmanager
     def enter(transformer):

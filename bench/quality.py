@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .profiling import CALIBRATION, CALIBRATION_PROMPTS
-from .harness import (Method, frontier_table, fxcache_method, markdown_table, measure, plot_pareto, rows,
+from .harness import (Method, default_method, frontier_table, fxcache_method, markdown_table, measure, plot_pareto, rows,
                       uncached_method)
 from .overhead import machine
 from .pipeline import generate
@@ -39,6 +39,7 @@ PROMPTS = all_prompts()[::6]  # 8 prompts: every shape, color and direction
 def fxcache_methods(compiler: str, steps: int = 50) -> list[Method]:
     calibration = str(CALIBRATION)  # MagCache's ratios from `python -m fxcache.profile` (bench/profiling.py)
     m = [
+        default_method(compiler),  # no policy named: fxcache.DEFAULT_POLICY with fxcache.DEFAULT_OPTIONS
         fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
         fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
         fxcache_method("fbcache", "threshold=0.2", compiler, threshold=0.2),

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from .backend import DEFAULT_POLICY, backend, instances_of, runtimes_of
+from .backend import DEFAULT_OPTIONS, DEFAULT_POLICY, DEFAULT_WHY, backend, instances_of, runtimes_of
 from .policies import POLICIES
 from .runtime.state import context
 from .runtime.stats import Stats
 
-__all__ = ["POLICIES", "DEFAULT_POLICY", "backend", "context", "explain", "reset", "stats", "Stats"]
+__all__ = ["POLICIES", "DEFAULT_POLICY", "DEFAULT_OPTIONS", "DEFAULT_WHY", "backend", "context", "explain", "reset", "stats", "Stats"]
 __version__ = "0.1.0"
 
 

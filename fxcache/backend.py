@@ -25,7 +25,15 @@ from .runtime.state import Clock
 from .runtime.stats import DECISION_LOG
 from .runtime.variants import inner_compile
 
+# The policy and settings used when `options` names no policy: the fastest setting measured that keeps mean PSNR
+# >= 35 dB and the worst clip >= 30 dB on the reference model at both 30 and 50 steps, with no calibration file
+# (README "The default"; bench/results/quality-default*.json). Options given without a policy override its settings.
 DEFAULT_POLICY = "fbcache"
+DEFAULT_OPTIONS = {"threshold": 0.06, "forecast": "taylor"}
+DEFAULT_WHY = ("fbcache with threshold 0.06 and an order-1 Taylor forecast of the skipped blocks' residual: the "
+               "fastest calibration-free setting measured that keeps mean PSNR >= 35 dB and the worst clip >= 30 dB "
+               "on the reference model at both 30 and 50 steps; it needs no calibration, and a model it cannot probe "
+               "(no first-block residual) compiles plainly with one warning")
 COMPILERS = ("inductor", "eager")
 
 # Runtimes alive, so that fxcache.stats(model) can find the instances of `model` in them.
@@ -51,6 +59,8 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     bad_keys = [k for k in options if not isinstance(k, str)]
     if bad_keys:
         raise option_error(f"fxcache: option names must be strings such as 'policy', got {bad_keys[0]!r}")
+    if "policy" not in options:
+        options = {**DEFAULT_OPTIONS, **options}
     name = options.pop("policy", DEFAULT_POLICY)
     if not isinstance(name, str) or name not in POLICIES:
         raise option_error(f"fxcache: unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")

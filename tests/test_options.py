@@ -145,6 +145,12 @@ def test_max_variants_too_small_warns_once():
 def test_default_policy_is_valid():
     policy, engine = parse_options({})
     assert policy.name == fxcache.DEFAULT_POLICY and engine["compiler"] == "inductor"
+    for key, value in fxcache.DEFAULT_OPTIONS.items():
+        assert getattr(policy, key) == value
+    # options without a policy adjust the default; naming the policy gives its published defaults
+    assert parse_options({"threshold": 0.1})[0].threshold == 0.1
+    named, _ = parse_options({"policy": fxcache.DEFAULT_POLICY})
+    assert named.threshold == named.params["threshold"].default
 
 
 def test_no_blocks_falls_back_with_one_warning():
