@@ -489,7 +489,7 @@ def profile(target: Target | str, *, prompts: int = 4, seeds=(1234,), steps: int
             out: str | Path | None = None, plot: str | Path | None = None, stable_tol: float = 0.1,
             progress: bool = True) -> dict:
     """Profile `target` (a Target or 'module:callable') and return the calibration; write it to `out` (and the
-    plot to `plot`) when given."""
+    plot to `plot`) when given. Calls `torch._dynamo.reset()` before and after its compiled pass."""
     from tqdm.auto import tqdm
 
     from .families import family
