@@ -17,6 +17,7 @@ from fxcache.policies.adacache import lookup
 from fxcache.runtime.executor import Call
 
 from .loop import denoise
+from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
 
 TOLERANCE = 0.05  # tests/test_engine.py's
@@ -28,25 +29,8 @@ def compile_(model, **options):
     return torch.compile(model, backend="fxcache", fullgraph=True, options={"policy": "adacache", **options})
 
 
-_DISCOVERIES: dict = {}
-
-
-def discovery(name: str):
-    if name not in _DISCOVERIES:
-        entry = ZOO[name]
-        cm = torch.compile(entry.build(), backend="fxcache", fullgraph=True,
-                           options={"policy": "none", "compiler": "eager"})
-        with torch.no_grad():
-            cm(**entry.inputs(torch.tensor(500.0), 1))
-        (runtime,) = fxcache.runtimes_of(cm)
-        _DISCOVERIES[name] = runtime.discovery
-    return _DISCOVERIES[name]
-
-
 def bound(name: str = "wan", **options):
-    policy, _ = parse_options({"policy": "adacache", **options})
-    policy.bind(discovery(name))
-    return policy
+    return bound_policy(name, policy="adacache", **options)
 
 
 def script(policy, n: int, raw: dict, motion: dict | None = None, num_steps: int | None | str = "n"):

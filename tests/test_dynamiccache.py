@@ -12,11 +12,11 @@ from fxcache.plan import Site
 from fxcache.runtime.executor import Call
 
 from .loop import denoise
+from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
 
 OUT = (Site("output"), "rel_l1")
 
-_DISCOVERIES: dict = {}
 
 
 def compile_(model, **options):
@@ -24,21 +24,8 @@ def compile_(model, **options):
     return torch.compile(model, backend="fxcache", fullgraph=True, options=options)
 
 
-def discovery(name: str = "wan"):
-    if name not in _DISCOVERIES:
-        entry = ZOO[name]
-        cm = compile_(entry.build(), policy="none")
-        with torch.no_grad():
-            cm(**entry.inputs(torch.tensor(500.0), 1))
-        (runtime,) = fxcache.runtimes_of(cm)
-        _DISCOVERIES[name] = runtime.discovery
-    return _DISCOVERIES[name]
-
-
 def bound(name: str = "wan", **options):
-    policy, _ = parse_options({"policy": "dynamiccache", **options})
-    policy.bind(discovery(name))
-    return policy
+    return bound_policy(name, policy="dynamiccache", **options)
 
 
 def run_output(policy, n: int, measured: dict, streams=("stream0",)):
