@@ -31,6 +31,9 @@ CACHING = {
     "teacache-timestep": {"policy": "teacache", "indicator": "timestep", "threshold": 1.0, "coefficients": "identity"},
     "dynamiccache-output": {"policy": "dynamiccache", "indicator": "output", "threshold": 0.3},
     "magcache": {"policy": "magcache", "threshold": 0.3},
+    # a random model's outputs change faster than the paper's theta 0.1 allows: any D_step < 1 ends the warm-up
+    "mixcache": {"policy": "mixcache", "theta": 1.0},
+    "adacache": {"policy": "adacache", "codebook": "30-fast"},
 }
 TOLERANCE = 0.05
 
