@@ -82,7 +82,9 @@ def main(argv=None) -> None:
     outputs, times, full, warmup, cache_bytes = measure(ms, model, cond, uncond, seeds=[0], steps=args.steps,
                                            guidance=args.guidance, repeats=args.repeats)
     table = rows(ms, outputs, times, full, warmup, ms[:1], args.compiler, args.steps, [0], cache_bytes)
-    print()
+    default = next(r for r in table if r["setting"].startswith("default"))
+    print(f"\ndefault: {default['speedup']:.2f}x over uncached torch.compile at {default['psnr_mean']:.1f} / "
+          f"{default['psnr_min']:.1f} dB (mean / worst clip); the other rows, fastest first:")
     print(markdown_table(table))
     judged = score(outputs[0][0], PROMPTS)
     print(f"\njudge on the uncached clips: color {judged['color']:.0%}, direction {judged['direction']:.0%}, "
