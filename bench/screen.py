@@ -1,0 +1,56 @@
+"""Screen settings quickly: fidelity and the fraction of blocks computed (a speed proxy), no timing.
+
+    python -m bench.screen --steps 50 30 --seeds 0 1 \\
+        --options '[{"policy": "fbcache", "threshold": 0.06, "forecast": "taylor"}]'
+
+Each setting runs under fxcache's eager inner compiler (no compile time) on the benchmark's 8 prompts and the given
+seeds; it prints the per-clip PSNR against the uncached eager clips, then one line: blocks computed as a ratio
+(all / computed), PSNR mean / worst, and `fxcache.stats` decision counts. Used to pick the default
+(`bench/results/default-screen.log`); the chosen setting is then timed by `bench.quality`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+
+import torch
+
+from .pipeline import generate
+from .quality import PROMPTS
+from .reference.model import load
+
+
+def main(argv=None) -> None:
+    import fxcache
+    from fxcache.metrics import psnr
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, nargs="+", default=[50])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--options", required=True, help="a JSON list of fxcache option dicts")
+    ap.add_argument("--cfg", choices=("separate", "batched"), default="separate")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    model, encoder = load()
+    cond, uncond = encoder.encode(PROMPTS)
+    for steps in args.steps:
+        refs = {s: generate(model, cond, uncond, num_inference_steps=steps, seed=s, cfg=args.cfg) for s in args.seeds}
+        for options in json.loads(args.options):
+            torch._dynamo.reset()
+            cm = torch.compile(model, fullgraph=True, backend=fxcache.backend(compiler="eager", **options))
+            p = []
+            for s in args.seeds:
+                out = generate(cm, cond, uncond, num_inference_steps=steps, seed=s, cfg=args.cfg)
+                p += [float(psnr(out[i], refs[s][i])) for i in range(out.shape[0])]
+            st = fxcache.stats(cm)
+            ratio = (st.blocks_computed + st.blocks_skipped) / max(1, st.blocks_computed)
+            print([round(x, 1) for x in p])
+            print(steps, options, f"blocks {ratio:.2f}x", f"psnr {sum(p) / len(p):.1f} / {min(p):.1f}",
+                  st.decision_counts, flush=True)
+
+
+if __name__ == "__main__":
+    main()
