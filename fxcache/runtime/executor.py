@@ -130,7 +130,7 @@ class Runtime:
         """Whether the cond-half graph can run (traced on the first batched-CFG call); warns once where not."""
         if self.half is not None and self.half.ready(args, args[self.discovery.hidden].shape[0], self._variants_of):
             return True
-        why = self.half.failed if self.half is not None else self.why_no_half
+        why = self.half.why_not(args) if self.half is not None else self.why_no_half
         self._warn_once(f"fxcache: policy {self.policy.name} cannot run only the cond half of this batched-CFG "
                         f"model ({why}); both halves are computed on every step (warned once)", key="half")
         return False

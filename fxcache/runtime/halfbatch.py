@@ -164,14 +164,23 @@ class HalfBatch:
         self.variants = None
         self.arg_of: list[int] = []  # half graph input i -> parent graph input
         self.failed: str | None = None
+        self.shapes: tuple = ()  # the input shapes it was traced at (dynamic=False: it serves only those)
         self._lock = threading.Lock()  # two threads meeting the first batched-CFG call trace it once
 
     def ready(self, args, batch: int, make_variants) -> bool:
         """Build the half graph if not done yet; False (with `failed` set) if it cannot be used."""
         if self.discovery is not None:
-            return True
+            return _shapes(args) == self.shapes
         with self._lock:
             return self._build(args, batch, make_variants)
+
+    def why_not(self, args) -> str | None:
+        if self.failed is not None:
+            return self.failed
+        if self.discovery is not None and _shapes(args) != self.shapes:
+            return ("the input shapes differ from those it was traced at, the first batched-CFG call's (a "
+                    "resolution or batch change under automatic dynamic shapes)")
+        return None
 
     def _build(self, args, batch: int, make_variants) -> bool:
         if self.discovery is not None:
@@ -189,6 +198,7 @@ class HalfBatch:
                     self.failed = f"the half-batch graph has inputs the full one does not ({missing[0]})"
                 else:
                     self.arg_of = [index[p.name] for p in d.placeholders]
+                    self.shapes = _shapes(args)
                     self._lengths(d)
                     self.discovery, self.variants = d, make_variants(gm, d)
         except Exception as e:  # noqa: BLE001 - any failure: the runtime falls back to full batches
@@ -227,6 +237,10 @@ class HalfBatch:
 
         self._arg_len = [length(p) for p in d.placeholders]
         self._site_len = {(site, j): length(o) for site, m in d.modules.items() for j, o in enumerate(m.outputs)}
+
+
+def _shapes(args) -> tuple:
+    return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args)
 
 
 def _cond_half(x, n):
