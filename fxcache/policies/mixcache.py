@@ -88,7 +88,6 @@ class MixShared:
     previous: str = "full"  # the granularity of the previous step (the penalty bars it)
     mode: dict = field(default_factory=dict)  # step -> its decision ("full", "step", "cfg", "block@i")
     d: dict = field(default_factory=dict)  # granularity -> its newest distance D
-    counts: dict = field(default_factory=dict)  # decision -> steps (also in fxcache.stats' decision_counts)
 
 
 @dataclass
@@ -177,11 +176,11 @@ class MixCache(Policy):
         k = min(len(curve) - 1, round((call.step - 1) * (len(curve) - 1) / max(1, n - 1)))
         return curve[k]
 
-    def _candidates(self, shared: MixShared, paired_or_two: bool) -> list[str]:
+    def _candidates(self, cfg_available: bool) -> list[str]:
         out = []
         if "step" in self.allowed:
             out.append("step")
-        if "cfg" in self.allowed and paired_or_two:
+        if "cfg" in self.allowed and cfg_available:
             out.append("cfg")
         if "block" in self.allowed:
             out += [f"block@{i}" for i in self.streams]
@@ -199,7 +198,7 @@ class MixCache(Policy):
             shared.rescale = call.step  # this full step's D_full sets N (line 11)
             return "full"
         best, best_p = "full", None
-        for mode in self._candidates(shared, cfg_available):
+        for mode in self._candidates(cfg_available):
             g = mode.split("@")[0]
             if self.penalty and len(self.allowed) > 1 and g == shared.previous.split("@")[0]:
                 continue
@@ -220,16 +219,15 @@ class MixCache(Policy):
             mode = shared.mode.get(call.step, "full")
             return self._uncond_plan(mode, state, UNCOND[call.stream])
         if call.stream not in COND and not call.paired:  # a third stream: not a CFG branch MixCache knows
-            return self._full_plan(call, state, shared, batch=False)
+            return self._full_plan(state, batch=False)
         two = call.paired or "cfg_seen" in call.shared
         mode = self._decide(call, shared, two)
         if mode != "full" and not self._has(state, mode, call.paired):
             mode = "full"
         shared.mode[call.step] = mode
         shared.previous = mode
-        shared.counts[mode] = shared.counts.get(mode, 0) + 1
         if mode == "full":
-            return self._full_plan(call, state, shared, batch=call.paired)
+            return self._full_plan(state, batch=call.paired)
         if mode == "step":
             return Plan(reuse=frozenset({OUTPUT}), label="step")
         half = call.paired
@@ -262,7 +260,7 @@ class MixCache(Policy):
         write = frozenset({OUTPUT, *streams})
         return Plan(reuse=reuse, write=write, measure=self._measure(state, (OUTPUT, *streams)), label=label)
 
-    def _full_plan(self, call, state: MixState, shared: MixShared, batch: bool) -> Plan:
+    def _full_plan(self, state: MixState, batch: bool) -> Plan:
         streams = list(self.streams.values())
         write = {OUTPUT, FULL_OUTPUT, *streams}
         measure = set(self._measure(state, (OUTPUT, FULL_OUTPUT, *streams)))
