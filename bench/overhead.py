@@ -1,13 +1,21 @@
-"""What the engine costs: one model call under eager, plain Inductor, fxcache "none", an fxcache full step and
-an fxcache skipped step, measured side by side in one run (interleaved repeats), as ratios to plain Inductor.
+"""What the engine costs: one model call under eager, plain Inductor, fxcache "none", an fxcache full step, an
+fxcache skipped step and the *ideal* skipped step, measured side by side in one run (interleaved repeats), as
+ratios to plain Inductor.
 
-    python -m bench.overhead              # writes bench/results/overhead.json and overhead.md
+    python -m bench.overhead                  # reference model: writes bench/results/overhead.{json,md}
+    python -m bench.overhead --model tiny     # tiny model, 1 thread: overhead-tiny.{json,md}
     python -m bench.overhead --repeats 3 --calls 10 --quick
 
-The model is the reference Wan architecture (bench/reference) with its committed weights when present, random
-weights otherwise: timing does not depend on the weights. FBCache is used for the cached steps: threshold 0 makes
-every step a full one (probe + continuation), a huge threshold makes every step after the first a skipped one
-(probe + cached residual + suffix). Compile time is reported separately.
+Models: "reference" is the reference Wan architecture (bench/reference) with its committed weights when present
+(random otherwise: timing does not depend on the weights), where compute hides most of the runtime's cost; "tiny"
+is a 3-block Wan (the one of tests/zoo.py) on one thread, where compute is close to nothing, so the figures are
+the runtime's own cost per call.
+
+FBCache is used for the cached steps: threshold 0 makes every step a full one (probe + decision + continuation),
+a huge threshold makes every step after the first a skipped one (probe + decision + cached residual + suffix). The
+ideal skipped step is the same computation with no runtime at all: prefix, first block, distance and suffix with
+the cached residual as an input, compiled as ONE graph and called directly (what a hand-written skipped step would
+cost; it makes no decision). Compile time is reported separately.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def build(batch: int):
+def build_reference(batch: int):
     from .reference.model import WEIGHTS, build_transformer, load
 
     if (WEIGHTS / "transformer.safetensors").exists():
@@ -45,30 +53,98 @@ def build(batch: int):
     return model, x, emb
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=20, help="calls per timed repeat")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--quick", action="store_true", help="2 repeats of 3 calls, eager inner compiler (tests)")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.repeats, args.calls = 2, 3
+def build_tiny(batch: int):
+    """The 3-block Wan of tests/zoo.py (random weights, float32)."""
+    import diffusers
 
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3, rope_max_seq_len=32).float().eval()
+    g = torch.Generator().manual_seed(0)
+    return model, torch.randn(batch, 4, 2, 8, 8, generator=g), torch.randn(batch, 8, 16, generator=g)
+
+
+def ideal_skipped_backend(compiler: str):
+    """A backend whose graph is FBCache's skipped step as one compiled graph, called with no runtime around it:
+    the cached residual (and the first block's reference residual) are fixed inputs, taken from one computed step
+    at the first call."""
+    from fxcache.passes.discover import discover
+    from fxcache.passes.specialize import specialize
+    from fxcache.plan import Plan, residual
+    from fxcache.runtime.variants import inner_compile
+
+    def backend(gm, example_inputs, **_):
+        d = discover(gm, example_inputs)
+        c = d.first_residual_cut()
+        head, tail = residual(0, c), residual(c, d.num_units)
+        skipped = specialize(gm, d, Plan(reuse=frozenset({tail}), measure=frozenset({(head, "rel_l1")})))
+        full = specialize(gm, d, Plan(write=frozenset({head, tail})))
+        state: dict = {}
+
+        def first_call(args):
+            results = full.gm(*[args[k[1]] for k in full.inputs])
+            cache = {(k[1], k[2]): r for k, r in zip(full.outputs, results) if k[0] == "site"}
+            ins = [(k[1], None) if k[0] == "arg" else (None, cache[(k[1], k[2])]) for k in skipped.inputs]
+            state["ins"] = ins
+            state["out"] = [i for i, k in enumerate(skipped.outputs) if k[0] == "out"]
+            state["fn"] = inner_compile(skipped.gm, [args[i] if i is not None else t for i, t in ins], compiler)
+
+        def run(*args):
+            if not state:
+                first_call(args)
+            results = state["fn"](*[args[i] if i is not None else t for i, t in state["ins"]])
+            return tuple(results[i] for i in state["out"])
+
+        return run
+
+    return backend
+
+
+def methods_for(model, compiler: str) -> dict:
     import fxcache
 
-    model, x, emb = build(args.batch)
-    compiler = "eager" if args.quick else "inductor"
-    methods = {
+    plain = "eager" if compiler == "eager" else "inductor"
+    return {
         "eager": model,
-        "inductor": torch.compile(model, fullgraph=True, backend="eager" if args.quick else "inductor"),
+        "inductor": torch.compile(model, fullgraph=True, backend=plain),
         "fxcache none": torch.compile(model, fullgraph=True, backend=fxcache.backend(policy="none", compiler=compiler)),
         "fxcache full step": torch.compile(model, fullgraph=True, backend=fxcache.backend(
             policy="fbcache", threshold=0.0, compiler=compiler)),
         "fxcache skipped step": torch.compile(model, fullgraph=True, backend=fxcache.backend(
             policy="fbcache", threshold=1e9, compiler=compiler)),
+        "ideal skipped step": torch.compile(model, fullgraph=True, backend=ideal_skipped_backend(compiler)),
     }
+
+
+# The rows each target compares (README "Engine overhead"): (row, baseline row, bound), the tiny model's.
+TARGETS = [("fxcache none", "inductor", 1.05), ("fxcache full step", "inductor", 1.10),
+           ("fxcache skipped step", "ideal skipped step", 1.10)]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("reference", "tiny"), default="reference")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; tiny 15)")
+    ap.add_argument("--calls", type=int, default=20, help="calls per timed round")
+    ap.add_argument("--batch", type=int, default=None, help="batch of a call (default 2; tiny 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; tiny 1)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--quick", action="store_true", help="2 repeats of 3 calls, eager inner compiler (tests)")
+    args = ap.parse_args(argv)
+    tiny = args.model == "tiny"
+    args.repeats = args.repeats or (15 if tiny else 7)
+    args.batch = args.batch or (1 if tiny else 2)
+    if args.threads or tiny:
+        torch.set_num_threads(args.threads or 1)
+    if args.quick:
+        args.repeats, args.calls = 2, 3
+
+    import fxcache
+
+    model, x, emb = (build_tiny if tiny else build_reference)(args.batch)
+    compiler = "eager" if args.quick else "inductor"
+    methods = methods_for(model, compiler)
     clock = [999.0]
 
     def run(fn, n):
@@ -81,7 +157,7 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         for name, fn in methods.items():  # first calls: compile every variant the timed calls will use
             t0 = time.perf_counter()
-            run(fn, 2)
+            run(fn, 3)
             compile_s[name] = time.perf_counter() - t0
         times = {name: [] for name in methods}
         for _ in range(args.repeats):
@@ -95,25 +171,40 @@ def main(argv=None) -> dict:
         rows.append({"method": name, "ms_median": 1e3 * statistics.median(ts), "ms_min": 1e3 * min(ts),
                      "ms_max": 1e3 * max(ts), "ratio_to_inductor": statistics.median(ts) / base,
                      "first_calls_s": compile_s[name]})
+    # Each round times every method back to back, so a ratio per round cancels most of the machine's drift.
+    targets = []
+    for row, ref, bound in TARGETS:
+        ratios = [a / b for a, b in zip(times[row], times[ref])]
+        targets.append({"row": row, "vs": ref, "bound": bound, "ratio_median": statistics.median(ratios),
+                        "ratio_min": min(ratios), "ratio_max": max(ratios),
+                        "met": statistics.median(ratios) <= bound})
     skipped = fxcache.stats(methods["fxcache skipped step"])
-    result = {"machine": machine(), "batch": args.batch, "repeats": args.repeats, "calls": args.calls,
-              "compiler": compiler, "rows": rows,
+    result = {"machine": machine(), "model": args.model, "batch": args.batch, "repeats": args.repeats,
+              "calls": args.calls, "compiler": compiler, "rows": rows, "targets": targets,
               "skipped_step_blocks": {"computed": skipped.blocks_computed, "skipped": skipped.blocks_skipped},
               "date": time.strftime("%Y-%m-%d")}
-    table = ["| method | ms/call (median) | min-max | vs Inductor | first 2 calls (compile) s |",
+    table = ["| method | ms/call (median) | min-max | vs Inductor | first 3 calls (compile) s |",
              "|---|---|---|---|---|"]
     for r in rows:
-        table.append(f"| {r['method']} | {r['ms_median']:.2f} | {r['ms_min']:.2f}-{r['ms_max']:.2f} | "
+        table.append(f"| {r['method']} | {r['ms_median']:.3f} | {r['ms_min']:.3f}-{r['ms_max']:.3f} | "
                      f"{r['ratio_to_inductor']:.2f}x | {r['first_calls_s']:.1f} |")
+    table += ["", "| per-round ratio | median | min-max | target | met |", "|---|---|---|---|---|"]
+    for t in targets:
+        table.append(f"| {t['row']} / {t['vs']} | {t['ratio_median']:.3f} | {t['ratio_min']:.2f}-"
+                     f"{t['ratio_max']:.2f} | <= {t['bound']:.2f} | {'yes' if t['met'] else 'no'} |")
     print("\n".join(table))
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+        stem = "overhead-tiny" if tiny else "overhead"
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         m = result["machine"]
-        (args.out / "overhead.md").write_text(
-            f"# Engine overhead (bench/overhead.py)\n\nMachine: {m['cpu']}, {m['cores']} cores, torch "
-            f"{m['torch']}, {m['threads']} threads, no GPU. Batch {args.batch}, reference Wan architecture, "
-            f"{args.repeats} interleaved repeats of {args.calls} calls.\n\n" + "\n".join(table) + "\n")
+        what = ("the 3-block Wan of tests/zoo.py (compute close to nothing: the runtime's own cost)" if tiny
+                else "the reference Wan architecture")
+        (args.out / f"{stem}.md").write_text(
+            f"# Engine overhead (bench/overhead.py --model {args.model})\n\nMachine: {m['cpu']}, {m['cores']} cores, "
+            f"torch {m['torch']}, {m['threads']} threads, no GPU; {result['date']}. Batch {args.batch}, {what}, "
+            f"{args.repeats} interleaved rounds of {args.calls} calls. The targets are the tiny model's (issue 10); "
+            f"ratios are per round (methods timed back to back), median and range.\n\n" + "\n".join(table) + "\n")
     return result
 
 

@@ -35,6 +35,10 @@ DEFAULT_WHY = ("fbcache with threshold 0.06 and an order-1 Taylor forecast of th
                "on the reference model at both 30 and 50 steps; it needs no calibration, and a model it cannot probe "
                "(no first-block residual) compiles plainly with one warning")
 COMPILERS = ("inductor", "eager")
+# How a variant graph is compiled: whole (one Inductor graph: the least per-call cost), split per block
+# (runtime/piecewise.py: compiled blocks shared across variants, the least compile time), or "auto": whole for
+# policies whose variants skip at step granularity (a few variants), per block for block-level ones (many).
+PIECEWISE = ("auto", True, False)
 
 # Runtimes alive, so that fxcache.stats(model) can find the instances of `model` in them.
 _RUNTIMES: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
@@ -73,6 +77,12 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     max_variants = options.pop("max_variants", 16)
     if not isinstance(max_variants, int) or isinstance(max_variants, bool) or max_variants < 2:
         raise option_error(f"fxcache: option 'max_variants' must be an int >= 2, got {max_variants!r}")
+    piecewise = options.pop("piecewise", "auto")
+    if piecewise not in PIECEWISE or isinstance(piecewise, int) and not isinstance(piecewise, bool):
+        raise option_error(f"fxcache: option 'piecewise' must be one of {PIECEWISE}, got {piecewise!r}")
+    speculate = options.pop("speculate", True)
+    if not isinstance(speculate, bool):
+        raise option_error(f"fxcache: option 'speculate' must be True or False, got {speculate!r}")
     decision_log = options.pop("decision_log", DECISION_LOG)
     if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
         raise option_error(f"fxcache: option 'decision_log' (decision records kept per model) must be an int "
@@ -85,7 +95,7 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     policy = POLICIES[name](**options)
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
-                    "decision_log": decision_log}
+                    "decision_log": decision_log, "piecewise": piecewise, "speculate": speculate}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):

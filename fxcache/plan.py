@@ -66,6 +66,12 @@ class Plan:
     # A forecast that also weighs the site's *window* (the last values of the site, forecast or computed, kept
     # under `window_of(site)`; FoCa): the last `window` of `coeffs` are their weights.
     window: int = 0
+    # A probe's likely continuation (the policy's guess, usually its previous decision). The runtime runs probe and
+    # guess as ONE compiled variant (`fused`), and, where the decision is the guess, that was the whole call: one
+    # graph call per step instead of two. Not part of the probe's identity (its fused plan's is).
+    then: "Plan | None" = field(default=None, compare=False)
+    # A fused plan: the probe stopped here; the values a continuation from here needs are emitted too.
+    emit_at: Stop | None = None
 
     @property
     def rebuilds(self) -> bool:
@@ -81,7 +87,28 @@ class Plan:
     def key(self) -> tuple:
         """The identity of the compiled variant (the number of forecast weights matters, not their values)."""
         return (self.reuse, self.forecast, self.slots, self.window, self.write, self.measure, self.start, self.stop,
-                self.half)
+                self.half, self.emit_at)
+
+    def fusable(self) -> bool:
+        """A probe whose guessed continuation can run in the same variant: the guess measures nothing (what it
+        would measure is read after the decision), runs on the whole batch and skips whole blocks only."""
+        t = self.then
+        return (self.stop is not None and t is not None and not t.measure and not t.half and not self.half
+                and t.start == self.stop and t.stop is None
+                and all(s.kind in ("residual", "stream") for s in t.reuse | t.forecast))
+
+    def fused(self) -> "Plan":
+        """The probe and its guessed continuation as one plan. Written sites of the guess are speculative: kept
+        apart by the runtime until the decision confirms the guess."""
+        t = self.then
+        return Plan(reuse=t.reuse, forecast=t.forecast, write=self.write | t.write, measure=self.measure,
+                    start=self.start, emit_at=self.stop, label=self.label, coeffs=t.coeffs, peer=t.peer,
+                    scales=t.scales, window=t.window)
+
+    def same_as(self, other: "Plan") -> bool:
+        """Equal, weights and peer included (what `==` leaves out)."""
+        return (self == other and self.coeffs == other.coeffs and self.scales == other.scales
+                and self.peer == other.peer)
 
 
 FULL = Plan()

@@ -11,7 +11,8 @@ The variant computes the node range [start, stop) of the original graph with:
 - written / measured sites: their values (and relative-L1 numerator/denominator against the cached value) become
   extra outputs;
 - a probe (`plan.stop`): outputs everything a continuation may need; a continuation (`plan.start`): takes the
-  probe's values as inputs;
+  probe's values as inputs; a fused plan (`plan.emit_at`, a probe and its guessed continuation) computes to the end
+  and outputs what a continuation from `emit_at` needs as well;
 - a rebuild (FasterCache's CFG-Cache): none of the graph, the output blended from the peer stream's (passes/cfg.py);
   a cond-half plan (`plan.half`, batched CFG, specialised on the half-batch graph) returns [rebuilt uncond; cond].
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
@@ -21,7 +22,7 @@ Inputs and outputs are described by keys, which the runtime uses to wire tensors
            ("peer", site, j, slot) the same from the plan's peer stream | ("coef",) the forecast weights (1-D
            float32) | ("scales",) the CFG rebuild's band scales (1-D float32)
   outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
-           ("num", site, metric) | ("den", site, metric): a distance's sums | ("mag", site)
+           ("reads", keys): the plan's distances, one float32 vector, entry i for (site, metric) keys[i]
 
 Metrics of a measured site (the first stream of it, per sample summed): "rel_l1" against its cached value;
 "peer_rel_l1" against the peer stream's cached value (the cond output of this step, for the uncond call: MixCache's
@@ -52,6 +53,8 @@ class Variant:
     inputs: list[tuple]
     outputs: list[tuple]
     units_computed: int
+    units_probe: int | None = None  # a fused plan's: the units its probe part computes
+    wiring: object = None  # the runtime's precomputed gathering of `inputs` (executor.Wiring)
 
 
 def _site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]:
@@ -150,9 +153,12 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     # Reused residual ranges: at the cut where the range ends, its streams become input + cached residual.
     skip_ranges = []
     at_cut: dict[int, list[Site]] = {}
+    # A fused plan computes its probe part whole: what is skipped starts at the probe's stop at the earliest (the
+    # probe may stop inside the first skipped block, like TeaCache's modulated input).
+    probe_end = d.position(plan.emit_at) if plan.emit_at is not None else 0
     for site in plan.reuse | plan.forecast:
         if site.kind in ("residual", "stream"):
-            lo, hi = d.cuts[site.start], d.cuts[site.stop]
+            lo, hi = max(d.cuts[site.start], probe_end), d.cuts[site.stop]
             skip_ranges.append((lo, hi))
             at_cut.setdefault(hi, []).append(site)
 
@@ -211,6 +217,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                 out = g.call_function(torch.cat, ([g.call_function(cfg.rebuild, (out, low, high, scales)), out],))
             finals.append(out)
 
+    reads: list = []  # ((site, metric), 0-dim value) of the plan's distances
     measured = {site: [] for site, _ in plan.measure}
     for site, metric in plan.measure:
         measured[site].append(metric)
@@ -243,25 +250,32 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                     nr = g.call_function(torch.linalg.vector_norm, (r,), {"dim": -1})
                     q = g.call_method("reshape", (g.call_function(torch.div, (nx, nr)),
                                                   g.call_method("size", (x, 0)), -1))
-                    emit(("mag", site), g.call_method("mean", (q, 1)))
+                    reads.append(((site, metric), g.call_method("mean", (q,))))
                     continue
                 elif metric.startswith("motion:"):  # AdaCache's MoReg: no reference, one fused pass
                     _, per_frame, stride, j = metric.split(":")
                     sums = g.call_function(motion_sums, (vals[int(j)], int(per_frame), int(stride)))
                 else:
                     raise ValueError(f"unknown metric {metric!r}")
-                emit(("num", site, metric), g.call_function(operator.getitem, (sums, 0)))
-                emit(("den", site, metric), g.call_function(operator.getitem, (sums, 1)))
+                num, den = (g.call_function(operator.getitem, (sums, k)) for k in (0, 1))
+                reads.append(((site, metric), g.call_function(
+                    torch.div, (g.call_method("sum", (num,)), g.call_method("clamp_min", (g.call_method("sum", (den,)),
+                                                                                        1e-12))))))
+    if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read
+        emit(("reads", tuple(k for k, _ in reads)), g.call_function(
+            torch.stack, ([g.call_method("float", (v,)) for _, v in reads],)))
 
     if plan.stop is None:
         for i, out in enumerate(finals):
             emit(("out", i), out)
-    else:
+    boundary = plan.stop or plan.emit_at
+    if boundary is not None:
         # Everything the rest of the graph may read, whichever continuation the policy picks.
-        needed = {n for n in d.live_at(stop)}
+        at = d.position(boundary)
+        needed = {n for n in d.live_at(at)}
         for site in _continuation_sites(d):
             _, ins = _site_nodes(d, site)
-            needed.update(i for i in ins if d.pos[i] < stop and i.op != "placeholder")
+            needed.update(i for i in ins if d.pos[i] < at and i.op != "placeholder")
         for n in sorted(needed, key=d.pos.__getitem__):
             if d.recomputable(n):  # the continuation computes size values itself
                 continue
@@ -269,6 +283,9 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                 emit(("val", n.name), value(n))
     g.output(tuple(results))
 
+    # Inputs in the order the runtime gathers them fastest: graph inputs, probe values, cached values, weights.
+    order = sorted(range(len(inputs)), key=lambda k: (_INPUT_ORDER[inputs[k][0]], k))
+    inputs[:], placeholders[:] = [inputs[k] for k in order], [placeholders[k] for k in order]
     anchor = next((n for n in g.nodes if n.op != "placeholder"), None)
     if anchor is not None:
         for ph in placeholders:
@@ -281,10 +298,20 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         else:
             g.erase_node(ph)
     g.lint()
-    computed = sum(1 for k, u in enumerate(d.units)
-                   if start <= u.start < stop and not any(s.kind in ("residual", "stream") and s.start <= k < s.stop
-                                                          for s in plan.reuse | plan.forecast))
-    return Variant(fx.GraphModule(gm, g), keep, outputs, computed)
+    skipped_units = {k for s in plan.reuse | plan.forecast if s.kind in ("residual", "stream")
+                     for k in range(s.start, s.stop)}
+
+    def units(lo: int, hi: int, skips: bool = True) -> int:
+        return sum(1 for k, u in enumerate(d.units) if lo <= u.start < hi and not (skips and k in skipped_units))
+
+    if plan.emit_at is None:
+        return Variant(fx.GraphModule(gm, g), keep, outputs, units(start, stop))
+    # Counted as the probe and the guess would be on their own: a unit the probe entered is computed.
+    probe = units(start, probe_end, skips=False)
+    return Variant(fx.GraphModule(gm, g), keep, outputs, probe + units(probe_end, stop), probe)
+
+
+_INPUT_ORDER = {"arg": 0, "val": 1, "cache": 2, "peer": 2, "coef": 3, "scales": 3}
 
 
 def motion_sums(x: torch.Tensor, per_frame: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,6 +85,10 @@ class Policy:
     name = "none"
     params: dict[str, Param] = {}
     batched_cfg = False  # plans may run only the cond half of a batched-CFG call (Plan.half): Call.paired is set
+    # Plans skip or keep parts of blocks (module sites, block ranges): many variants, each compiled per block so that
+    # they share compiled blocks (option piecewise="auto"). Step-level policies (the whole stack computed or
+    # skipped) have a few variants, each compiled whole.
+    block_level = False
     calibration = None  # the loaded `calibration` option (fxcache.calibration.Calibration), set before bind
 
     def __init__(self, **options) -> None:
@@ -93,7 +97,7 @@ class Policy:
                 accepted = ", ".join(sorted(self.params)) or "none"
                 raise option_error(f"fxcache: unknown option {key!r} for policy {self.name!r}; "
                                    f"its options are: {accepted} (plus policy, compiler, num_steps, max_variants, "
-                                   f"decision_log, calibration)")
+                                   f"decision_log, piecewise, speculate, calibration)")
         for key, p in self.params.items():
             setattr(self, key, p.validate(self.name, key, options.get(key, p.default)))
 

@@ -27,6 +27,7 @@ class DanceState:
 
 class BlockDance(Policy):
     name = "blockdance"
+    block_level = True
     params = {
         "blocks": Param(None, int, "structure blocks whose output is reused (None: half of the blocks)", positive,
                         ">= 1 or None"),

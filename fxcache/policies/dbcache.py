@@ -62,7 +62,10 @@ class DBCache(StepForecast, Policy):
         if state.warm < max(1, self.warmup_steps):
             state.warm += 1
             return self.computed(call, state, self.write_all)
-        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
+        guess = (self.skipped(call, state, frozenset({self.middle}), start=self.cut, label="skip") if state.skips
+                 else self.computed_plan(Plan(write=frozenset({self.head, self.middle}), start=self.cut,
+                                              label="full")))  # the previous step's decision
+        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
 
     def decide(self, call, state: DBState, measured: dict) -> Plan:
         d = measured[(self.head, "rel_l1")]

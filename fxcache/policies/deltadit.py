@@ -27,6 +27,7 @@ class DeltaState:
 
 class DeltaDiT(Policy):
     name = "deltadit"
+    block_level = True
     params = {
         "interval": Param(3, int, "compute when k == 1 or k % interval == 0 (1-based step k)", positive, ">= 1"),
         "boundary": Param(500.0, float, "timestep (0-1000 scale) where the cached range moves from rear to front",

@@ -106,6 +106,7 @@ class FasterState:
 
 class FasterCache(Policy):
     name = "fastercache"
+    block_level = True
     batched_cfg = True
     params = {
         "attention_range": Param(2, int, "self-attention computed every this many calls inside its window",

@@ -53,7 +53,10 @@ class FBCache(StepForecast, Policy):
         if not state.has_ref or call.step <= self.warmup_steps:
             state.has_ref, state.skips = True, 0
             return self.computed(call, state, self.write_all)
-        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe")
+        # The guess: the previous step's decision (runs of skipped and of computed steps are long).
+        guess = (self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip") if state.skips
+                 else self.computed_plan(Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full")))
+        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
 
     def decide(self, call, state: FBState, measured: dict) -> Plan:
         d = measured[(self.head, "rel_l1")]

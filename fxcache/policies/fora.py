@@ -25,6 +25,7 @@ class ScheduleState:
 
 class FORA(Policy):
     name = "fora"
+    block_level = True
     params = {"interval": Param(3, int, "compute (and cache) every this many steps, reuse in between", positive,
                                 ">= 1")}
 

@@ -81,11 +81,15 @@ class StepForecast:
     def computed(self, call, state, plan: "Plan") -> "Plan":
         """`plan`, a computed step's, after recording the step; under FoCa it also writes the window of each
         forecastable site it writes."""
+        self.computed_at(state, call.step)
+        return self.computed_plan(plan)
+
+    def computed_plan(self, plan: "Plan") -> "Plan":
+        """What `computed` returns, without recording anything (a guess of the continuation: Plan.then)."""
         from dataclasses import replace
 
         from ..plan import window_of
 
-        self.computed_at(state, call.step)
         if self.forecast != "foca":
             return plan
         extra = frozenset(window_of(s) for s in plan.write & self.forecastable)

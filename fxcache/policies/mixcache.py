@@ -97,6 +97,7 @@ class MixState:
 
 class MixCache(Policy):
     name = "mixcache"
+    block_level = True
     batched_cfg = True
     params = {
         "interval": Param("eff", (str, int), "cache interval N: 'eff' (5/4/3), 'acc' (4/3/2) or a fixed int",

@@ -42,6 +42,7 @@ class PABState:
 
 class PAB(Policy):
     name = "pab"
+    block_level = True
     params = {
         "spatial_range": Param(_AUTO, int, "broadcast range of spatial self-attention (None: off; -1: preset)",
                                lambda v: v == _AUTO or v >= 1, ">= 1, None or -1 (preset)", optional=True),

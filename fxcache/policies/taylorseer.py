@@ -25,6 +25,7 @@ class TaylorState:
 
 class TaylorSeer(Policy):
     name = "taylorseer"
+    block_level = True
     params = {
         "interval": Param(5, int, "a computed step every this many steps after warm-up", positive, ">= 1"),
         "order": Param(1, int, "order of the Taylor expansion", lambda v: 0 <= v <= 4, "0..4"),

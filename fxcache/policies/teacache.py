@@ -49,6 +49,7 @@ class TeaState:
     has_ref: bool = False  # a computed step has written the stack's residual and the indicator
     estimate: float | None = None  # "output" indicator: last measured per-step change
     previous_computed: int = 0
+    skipped_last: bool = False  # the previous probe's decision (the guess of the next: Plan.then)
     computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
 
 
@@ -90,6 +91,8 @@ class TeaCache(StepForecast, Policy):
             self.poly = np.poly1d(list(self.coefficients))
         self.family = fam
         self.compute = Plan(write=frozenset({self.stack, self.site}), label="full")
+        if self.indicator != "output":
+            self._full_continuation = Plan(write=frozenset({self.stack}), start=self.stop, label="full")
 
     def new_state(self) -> TeaState:
         return TeaState()
@@ -110,8 +113,10 @@ class TeaCache(StepForecast, Policy):
                 return self.skipped(call, state, frozenset({self.stack}), label="skip")
             state.acc = 0.0
             return self._computed(call, state)
+        guess = (self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
+                 if state.skipped_last else self.computed_plan(self._full_continuation))
         return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
-                    label="probe")
+                    label="probe", then=guess)
 
     def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
         if self.indicator == "output" and not first:
@@ -121,10 +126,11 @@ class TeaCache(StepForecast, Policy):
 
     def decide(self, call, state: TeaState, measured: dict) -> Plan:
         state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
-        if state.acc < self.threshold:
+        state.skipped_last = state.acc < self.threshold
+        if state.skipped_last:
             return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
         state.acc = 0.0
-        return self.computed(call, state, Plan(write=frozenset({self.stack}), start=self.stop, label="full"))
+        return self.computed(call, state, self._full_continuation)
 
     def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:
         if plan.label != "full":

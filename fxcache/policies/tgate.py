@@ -22,6 +22,7 @@ from .fora import ScheduleState
 
 class TGate(Policy):
     name = "tgate"
+    block_level = True
     params = {
         "gate_step": Param(10, int, "0-based step from which cross-attention is reused", positive, ">= 1"),
         "sp_interval": Param(5, int, "self-attention refresh interval before the gate step", positive, ">= 1"),

@@ -56,11 +56,29 @@ class Call:
         return self.num_steps is not None and self.step >= self.num_steps
 
 
+class Wiring:
+    """How a variant's inputs are gathered, precomputed from its input keys (specialize orders them: graph inputs,
+    probe values, cached values, weights), so that a call builds its input list with a few comprehensions."""
+
+    __slots__ = ("args", "vals", "cached", "constants")
+
+    def __init__(self, keys: list[tuple]) -> None:
+        self.args = [k[1] for k in keys if k[0] == "arg"]
+        self.vals = [k[1] for k in keys if k[0] == "val"]
+        self.cached = [k for k in keys if k[0] in ("cache", "peer")]
+        self.constants = [k[0] for k in keys if k[0] in ("coef", "scales")]
+        if [k for k in keys] != ([("arg", i) for i in self.args] + [("val", v) for v in self.vals] + self.cached
+                                 + [(c,) for c in self.constants]):
+            raise RuntimeError("fxcache: variant inputs are not in gathering order (passes/specialize.py)")
+
+
 class Runtime:
     def __init__(self, gm, discovery, policy, compiler: str = "inductor", max_variants: int = 16,
-                 num_steps: int | None = None, decision_log: int = DECISION_LOG) -> None:
+                 num_steps: int | None = None, decision_log: int = DECISION_LOG, piecewise="auto",
+                 speculate: bool = True) -> None:
         self.gm, self.discovery, self.policy, self.num_steps = gm, discovery, policy, num_steps
-        self.variants = VariantCache(gm, discovery, compiler, max_variants)
+        self.piecewise = policy.block_level if piecewise == "auto" else piecewise
+        self.variants = VariantCache(gm, discovery, compiler, max_variants, self.piecewise)
         d = discovery
         user = [i for i, p in enumerate(d.placeholders) if not is_param_like(p)]
         # The instance key: a parameter (a model's own), else a buffer.
@@ -75,6 +93,9 @@ class Runtime:
         self.compiler = compiler
         # The cond-half graph for batched CFG (halfbatch.py), or why there is none; set by the backend.
         self.half: HalfBatch | None = None
+        self._trims: dict = {}  # (plan, sites a probe produced) -> the plan without them
+        self._constants: dict = {}  # (weights, device) -> their float32 tensor
+        self.speculate = speculate
         self.why_no_half: str | None = "not recorded"
 
     def reset(self) -> None:
@@ -114,14 +135,33 @@ class Runtime:
         values: dict = {}
         scratch: dict = {}
         measured: dict = {}
-        outputs, computed = self._run(plan, args, st, values, scratch, measured, inst, streams)
+        guess = plan.then if self.speculate and plan.fusable() else None
+        if guess is not None:  # probe and guessed continuation in one variant; its writes wait for the decision
+            outputs, fused = self._run(plan.fused(), args, st, values, scratch, measured, inst, streams,
+                                       store=plan.write)
+            computed = fused.units_computed
+            spec = {k: scratch.pop(k) for k in list(scratch)
+                    if (k[1] if isinstance(k, tuple) and k[0] == "fin" else k) in guess.write - plan.write}
+        else:
+            outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
+            computed = variant.units_computed
         if plan.stop is not None:
             probe = plan
             plan = self.policy.decide(call, st.policy, measured)
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
-            outputs, more = self._run(plan, args, st, values, scratch, measured, inst, streams)
-            computed += more
+            right = guess is not None and plan.same_as(guess)
+            if guess is not None:
+                with inst.lock:
+                    inst.stats.guesses_right += right
+                    inst.stats.guesses_wrong += not right
+            if right:
+                self._store(plan, {**scratch, **spec}, st, plan.write - probe.write)
+            else:
+                if guess is not None:
+                    computed = fused.units_probe  # the guess's part of the fused variant is thrown away
+                outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
+                computed += variant.units_computed
         self.policy.observe(call, st.policy, measured, plan)
         self._count(inst, streams.generation != generation, call, plan, computed, measured)
         return outputs
@@ -136,7 +176,7 @@ class Runtime:
         return False
 
     def _variants_of(self, gm, d) -> VariantCache:
-        return VariantCache(gm, d, self.compiler, self.variants.max_variants)
+        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise)
 
     def _settle(self, st: StreamState, sites, inst) -> bool:
         """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
@@ -158,42 +198,66 @@ class Runtime:
                         f"in {', '.join(map(str, sites))}; they were not cached and the next step computes "
                         f"(warned once; fxcache.stats(model).not_cached counts them)", key="non-finite")
 
-    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
-             streams: Streams):
-        # Sites a probe already produced are stored from it rather than computed again.
+    def _trimmed(self, plan: Plan, scratch: dict) -> Plan:
+        """`plan` without the written sites a probe already produced (they are stored from the probe's values)."""
+        if not scratch:
+            return plan
         done = frozenset(s for s in plan.write if s in scratch)
-        run_plan = replace(plan, write=plan.write - done) if done else plan
+        if not done:
+            return plan
+        key = (plan, done)
+        trimmed = self._trims.get(key)
+        if trimmed is None:
+            trimmed = self._trims[key] = replace(plan, write=plan.write - done)
+        return trimmed
+
+    def _constant(self, kind: str, plan: Plan, device) -> torch.Tensor:
+        """The forecast weights / band scales of `plan` as a float32 tensor on `device`, made once per value."""
+        values = plan.coeffs if kind == "coef" else plan.scales
+        key = (values, device)
+        t = self._constants.get(key)
+        if t is None:
+            if len(self._constants) >= 256:  # weights that change every step (non-uniform gaps): bounded
+                self._constants.clear()
+            t = self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return t
+
+    def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
+             streams: Streams, store: frozenset | None = None):
+        """Run `plan`'s variant; store the sites it writes (those in `store` where given)."""
+        run_plan = self._trimmed(plan, scratch)
         variants, half = self.variants, self.half if plan.half else None
-        # Batched CFG: module values are cached for the cond half only (the uncond half is what gets rebuilt)
-        halves = plan.half or CFG_BATCH in plan.write
         if half is not None:  # the cond half: its own graph; batched inputs and cached values cut to their cond half
             variants = half.variants
-        variant, _ = variants.get(run_plan)
-        inputs = []
-        for key in variant.inputs:
-            kind = key[0]
-            if kind == "arg":
-                inputs.append(args[key[1]] if half is None else half.arg(key[1], args[half.arg_of[key[1]]]))
-            elif kind == "val":
-                inputs.append(values[key[1]])
-            elif kind in ("cache", "peer"):
-                owner = st if kind == "cache" else streams.states.get(plan.peer)
-                slots = owner.cache.get(key[1], ()) if owner is not None else ()
-                if len(slots) <= key[3]:
-                    what = f"{key[1]} of stream {plan.peer}" if kind == "peer" else str(key[1])
-                    when = ("before writing it" if not slots else
-                            f"from {key[3]} computed steps ago, but only {len(slots)} are kept")
-                    raise RuntimeError(f"fxcache: policy {self.policy.name} read {what} {when}")
-                value = slots[key[3]][key[2]]
-                cut = half is not None and key[1].kind in ("module", "stream")
-                inputs.append(half.site(key[1], key[2], value) if cut else value)
-            else:  # "coef" / "scales": the forecast weights / band scales, on the device of the values they weigh
-                device = next((i.device for i in inputs if isinstance(i, torch.Tensor)), None)
-                inputs.append(torch.tensor(plan.coeffs if kind == "coef" else plan.scales, dtype=torch.float32,
-                                           device=device))
-        fn = variants.compiled(run_plan, inputs, inst.stats)
+        variant, fn = variants.get(run_plan)
+        w = variant.wiring
+        if w is None:
+            w = variant.wiring = Wiring(variant.inputs)
+        if half is None:
+            inputs = [args[i] for i in w.args]
+        else:
+            inputs = [half.arg(i, args[half.arg_of[i]]) for i in w.args]
+        if w.vals:
+            inputs += [values[name] for name in w.vals]
+        for kind, site, j, slot in w.cached:
+            owner = st if kind == "cache" else streams.states.get(plan.peer)
+            slots = owner.cache.get(site, ()) if owner is not None else ()
+            if len(slots) <= slot:
+                what = f"{site} of stream {plan.peer}" if kind == "peer" else str(site)
+                when = ("before writing it" if not slots else
+                        f"from {slot} computed steps ago, but only {len(slots)} are kept")
+                raise RuntimeError(f"fxcache: policy {self.policy.name} read {what} {when}")
+            value = slots[slot][j]
+            inputs.append(half.site(site, j, value) if half is not None and site.kind in ("module", "stream")
+                          else value)
+        if w.constants:  # the forecast weights / band scales, on the device of the values they weigh
+            device = next((i.device for i in inputs if isinstance(i, torch.Tensor)), None)
+            inputs += [self._constant(kind, plan, device) for kind in w.constants]
+        if fn is None:
+            fn = variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
-        outs, reads = [], []
+        outs = []
+        reads = None
         for key, r in zip(variant.outputs, results):
             kind = key[0]
             if kind == "out":
@@ -204,31 +268,33 @@ class Runtime:
                 scratch.setdefault(key[1], []).append(r)
             elif kind == "fin":
                 scratch[("fin", key[1])] = r
-            elif kind == "num":
-                reads.append(((key[1], key[2]), r.sum()))
-            elif kind == "den":
-                num = reads.pop()
-                reads.append((num[0], num[1] / r.sum().clamp_min(1e-12)))
-            elif kind == "mag":
-                reads.append(((key[1], "mag_ratio"), r.float().mean()))
-        if reads:
+            elif kind == "reads":
+                reads = (key[1], r)
+        if reads is not None:
             # One host read for the policy's distances and the pending finiteness flags of this stream.
+            keys, vector = reads
             flagged = list(st.pending)
-            got = torch.stack([v.float() for _, v in reads]
-                              + [st.pending.pop(s).float() for s in flagged]).tolist()
-            bad = [s for s, ok in zip(flagged, got[len(reads):]) if not ok]
-            for (key, _), v in zip(reads, got):
+            if flagged:
+                vector = torch.cat([vector, torch.stack([st.pending.pop(s) for s in flagged]).float()])
+            got = vector.tolist()
+            bad = [s for s, ok in zip(flagged, got[len(keys):]) if not ok]
+            for key, v in zip(keys, got):
                 measured[key] = v if math.isfinite(v) and not bad else math.nan
             if bad:
                 self._poisoned(st, bad, inst)
                 for s in bad:
                     st.drop(s)
-        for site in plan.write:
-            values = scratch[site]
+        self._store(plan, scratch, st, plan.write if store is None else store)
+        return (tuple(outs) if plan.stop is None else None), variant
+
+    def _store(self, plan: Plan, scratch: dict, st: StreamState, sites) -> None:
+        # Batched CFG: module values are cached for the cond half only (the uncond half is what gets rebuilt)
+        halves = plan.half or CFG_BATCH in plan.write
+        for site in sites:
+            site_values = scratch[site]
             if halves and site.kind == "module":
-                values = [self.half.site(site, j, v) for j, v in enumerate(values)]
-            st.store(site, values, scratch.get(("fin", site)), self.policy.depth(site))
-        return (tuple(outs) if plan.stop is None else None), variant.units_computed
+                site_values = [self.half.site(site, j, v) for j, v in enumerate(site_values)]
+            st.store(site, site_values, scratch.get(("fin", site)), self.policy.depth(site))
 
     def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict) -> None:
         total = self.discovery.num_units

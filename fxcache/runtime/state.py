@@ -64,7 +64,9 @@ class Clock:
 def timestep_value(ts) -> float | None:
     if ts is None:
         return None
-    return float(ts.reshape(-1)[0]) if isinstance(ts, torch.Tensor) else float(ts)
+    if not isinstance(ts, torch.Tensor):
+        return float(ts)
+    return float(ts.item() if ts.numel() == 1 else ts.reshape(-1)[0].item())
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Streams:
         return _same(x, self._latent)
 
     def resolve(self, args) -> StreamState:
-        shapes = tuple(tuple(args[i].shape) for i in self.user_indices if isinstance(args[i], torch.Tensor))
+        shapes = tuple(args[i].shape for i in self.user_indices if isinstance(args[i], torch.Tensor))
         t = self._timestep(args)
         x = args[self.hidden_index] if self.hidden_index is not None else None
         text = args[self.encoder_index] if self.encoder_index is not None else None

@@ -21,6 +21,8 @@ class Stats:
     cfg_reused: int = 0  # calls whose unconditional branch was rebuilt from cache
     generations: int = 0  # generations started (a clean state each), summed over threads
     not_cached: int = 0  # computed values not cached because they were not finite (NaN / inf)
+    guesses_right: int = 0  # probing calls whose guessed continuation ran with the probe (one variant call)
+    guesses_wrong: int = 0  # ... whose decision was another continuation (run after; the guess was thrown away)
     compiles: int = 0  # variants compiled
     compile_time_s: float = 0.0
     cache_bytes: int = 0  # bytes held in cache buffers now (a gauge, filled in by fxcache.stats)

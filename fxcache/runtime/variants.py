@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from ..passes.specialize import Variant, specialize
 from ..plan import Plan
-from .piecewise import compile_piecewise
+from .piecewise import _LazyPiece, _PerSize, compile_piecewise
 
 
 def inner_compile(gm: fx.GraphModule, example_inputs: list, compiler: str) -> Callable:
@@ -25,8 +25,12 @@ def inner_compile(gm: fx.GraphModule, example_inputs: list, compiler: str) -> Ca
 
 
 class VariantCache:
-    def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int) -> None:
+    def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int,
+                 piecewise: bool = False) -> None:
         self.gm, self.discovery, self.compiler, self.max_variants = gm, discovery, compiler, max_variants
+        # Split each variant per block (compiled blocks shared across variants: less compile time) or compile it
+        # whole (one compiled call per variant: the least per-call cost, and Inductor fuses across blocks).
+        self.piecewise = piecewise
         # Keyed by Plan.key(): plans that differ only in label or forecast weights share one variant.
         self._entries: OrderedDict[tuple, tuple[Variant, Callable | None]] = OrderedDict()
         self._compiled_plans: set[tuple] = set()  # every plan compiled so far, evicted ones included
@@ -73,8 +77,10 @@ class VariantCache:
             if self.compiler == "eager":
                 fn = variant.gm
             else:
-                fn = compile_piecewise(variant.gm, self._compile_piece)
+                fn = (compile_piecewise if self.piecewise else _LazyPiece)(variant.gm, self._compile_piece)
                 fn(*example_inputs)  # compiles the pieces now, so that compile time is counted here
+                if isinstance(fn, _LazyPiece) and not isinstance(fn.fn, _PerSize):
+                    fn = fn.fn  # the compiled graph itself: no module call around it on every call
             stats.compiles += 1
             stats.compile_time_s += time.perf_counter() - t0
             self._entries[plan.key()] = (variant, fn)
