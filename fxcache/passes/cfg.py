@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..triton_kernels import cfg_blend
+
 
 def low_mask(height: int, width: int, device) -> torch.Tensor:
     """FasterCache's low band, in unshifted FFT order: frequencies (fy, fx) with fy² + fx² <= (min(H, W) // 5)²
@@ -43,8 +45,8 @@ def batch_bands(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rebuild(cond: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """cond + scales[0]·low + scales[1]·high, in cond's dtype."""
-    return (cond.float() + scales[0] * low + scales[1] * high).to(cond.dtype)
+    """cond + scales[0]·low + scales[1]·high, in cond's dtype: one fused pass (triton_kernels/blend.py)."""
+    return cfg_blend(cond, low, high, scales)
 
 
 def rebuild_reference(cond: torch.Tensor, uncond_full: torch.Tensor, cond_full: torch.Tensor, s_low: float,

@@ -42,7 +42,7 @@ import torch
 import torch.fx as fx
 
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
-from ..triton_kernels import rel_l1_sums
+from ..triton_kernels import forecast, rel_l1_sums, residual_apply
 from . import cfg, symbolic
 from .discover import Discovery
 
@@ -104,12 +104,9 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             return placeholder(("cache", site, j, 0), like, name)
         if not coef:
             coef.append(placeholder(("coef",), None, "forecast_coeffs"))
-        acc = None
         terms = [(site, i) for i in range(plan.slots)] + [(window_of(site), k) for k in range(plan.window)]
-        for w, (src, i) in enumerate(terms):
-            term = g.call_function(torch.mul, (g.call_function(operator.getitem, (coef[0], w)),
-                                               placeholder(("cache", src, j, i), like, f"{name}_{src.name}slot{i}")))
-            acc = term if acc is None else g.call_function(torch.add, (acc, term))
+        slots = [placeholder(("cache", src, j, i), like, f"{name}_{src.name}slot{i}") for src, i in terms]
+        acc = g.call_function(forecast, (slots, coef[0]))  # one fused pass (triton_kernels/forecasting.py)
         forecasts[(site, j)] = acc
         return acc
 
@@ -167,7 +164,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             outs, ins = _site_nodes(d, site)
             for j, (o, i) in enumerate(zip(outs, ins)):
                 cached = cached_value(site, j, o, f"cache_{site.kind}_{site.start}_{site.stop}_{j}")
-                env[o] = cached if site.kind == "stream" else g.call_function(torch.add, (value(i), cached))
+                env[o] = cached if site.kind == "stream" else g.call_function(residual_apply, (value(i), cached))
 
     output_node = d.nodes[-1]
     for p in range(start, min(stop, len(d.nodes))):
