@@ -83,6 +83,10 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     speculate = options.pop("speculate", True)
     if not isinstance(speculate, bool):
         raise option_error(f"fxcache: option 'speculate' must be True or False, got {speculate!r}")
+    cudagraphs = options.pop("cudagraphs", True)
+    if not isinstance(cudagraphs, bool):
+        raise option_error(f"fxcache: option 'cudagraphs' must be True (replay variants as CUDA graphs where the "
+                           f"inputs are CUDA tensors) or False, got {cudagraphs!r}")
     decision_log = options.pop("decision_log", DECISION_LOG)
     if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
         raise option_error(f"fxcache: option 'decision_log' (decision records kept per model) must be an int "
@@ -95,7 +99,8 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     policy = POLICIES[name](**options)
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
-                    "decision_log": decision_log, "piecewise": piecewise, "speculate": speculate}
+                    "decision_log": decision_log, "piecewise": piecewise, "speculate": speculate,
+                    "cudagraphs": cudagraphs}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):

@@ -20,6 +20,7 @@ import torch
 
 from ..passes.discover import is_param_like
 from ..plan import CFG_BATCH, Plan
+from .cudagraphs import Graphed
 from .halfbatch import HalfBatch
 from .instances import Instances
 from .state import Clock, Streams, StreamState
@@ -56,6 +57,10 @@ class Call:
         return self.num_steps is not None and self.step >= self.num_steps
 
 
+def _as_is(x):
+    return x
+
+
 class Wiring:
     """How a variant's inputs are gathered, precomputed from its input keys (specialize orders them: graph inputs,
     probe values, cached values, weights), so that a call builds its input list with a few comprehensions."""
@@ -75,10 +80,11 @@ class Wiring:
 class Runtime:
     def __init__(self, gm, discovery, policy, compiler: str = "inductor", max_variants: int = 16,
                  num_steps: int | None = None, decision_log: int = DECISION_LOG, piecewise="auto",
-                 speculate: bool = True) -> None:
+                 speculate: bool = True, cudagraphs: bool = True) -> None:
         self.gm, self.discovery, self.policy, self.num_steps = gm, discovery, policy, num_steps
         self.piecewise = policy.block_level if piecewise == "auto" else piecewise
-        self.variants = VariantCache(gm, discovery, compiler, max_variants, self.piecewise)
+        self.cudagraphs = cudagraphs
+        self.variants = VariantCache(gm, discovery, compiler, max_variants, self.piecewise, cudagraphs)
         d = discovery
         user = [i for i, p in enumerate(d.placeholders) if not is_param_like(p)]
         # The instance key: a parameter (a model's own), else a buffer.
@@ -176,7 +182,7 @@ class Runtime:
         return False
 
     def _variants_of(self, gm, d) -> VariantCache:
-        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise)
+        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.cudagraphs)
 
     def _settle(self, st: StreamState, sites, inst) -> bool:
         """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
@@ -256,18 +262,20 @@ class Runtime:
         if fn is None:
             fn = variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
+        # A CUDA graph's outputs are overwritten by its next replay: what outlives this call is copied (cudagraphs.py)
+        escape = Graphed.escape if type(fn) is Graphed else _as_is
         outs = []
         reads = None
         for key, r in zip(variant.outputs, results):
             kind = key[0]
             if kind == "out":
-                outs.append(r)
+                outs.append(escape(r))
             elif kind == "val":
                 values[key[1]] = r
             elif kind == "site":
                 scratch.setdefault(key[1], []).append(r)
             elif kind == "fin":
-                scratch[("fin", key[1])] = r
+                scratch[("fin", key[1])] = escape(r)
             elif kind == "reads":
                 reads = (key[1], r)
         if reads is not None:

@@ -139,17 +139,41 @@ class Streams:
         self._serial = -1  # Clock serial seen at the previous call (graphs without a timestep input)
         self._latent = None  # latent input of the previous call (kept to tell "same step" from "new generation")
         self._seen_here: list = []  # (name, text-embedding tensor) of the calls at the current timestep
+        self._t_tensor, self._t_version, self._t_value = None, None, None  # the last timestep tensor read
+        self._equal: dict = {}  # (id, version, id, version) -> torch.equal of two text embeddings held here
 
     def nbytes(self) -> int:
         return sum(st.nbytes() for st in self.states.values())
 
     def _timestep(self, args):
         if self.timestep_index is not None:
-            return timestep_value(args[self.timestep_index])
+            ts = args[self.timestep_index]
+            # The same tensor, unmodified, as the previous call's (pipelines pass one timestep tensor to both CFG
+            # calls of a step): its value is known, and reading a CUDA tensor again would sync with the device.
+            key = (ts._version,) if isinstance(ts, torch.Tensor) else None
+            if key is not None and ts is self._t_tensor and key == self._t_version:
+                return self._t_value
+            value = timestep_value(ts)
+            if key is not None:
+                self._t_tensor, self._t_version, self._t_value = ts, key, value
+            return value
         t, serial = Clock.read()
         fresh = serial != self._serial
         self._serial = serial
         return timestep_value(t) if fresh else None
+
+    def _same_text(self, a, b) -> bool:
+        """`_same` for text embeddings, remembered per pair of unmodified tensors: pipelines pass the same cond and
+        uncond embeddings at every step, and comparing their values each step would read them (a device sync)."""
+        if a is b or not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return _same(a, b)
+        key = (id(a), a._version, id(b), b._version)
+        hit = self._equal.get(key)
+        if hit is None or hit[1] is not a or hit[2] is not b:  # ids can be reused once a tensor is gone
+            if len(self._equal) >= 8:  # the pairs of one generation (cond / uncond, a few streams)
+                self._equal.clear()
+            hit = self._equal[key] = (_same(a, b), a, b)
+        return hit[0]
 
     def _same_latent(self, x) -> bool:
         if self._latent is None or x is None:
@@ -168,7 +192,7 @@ class Streams:
             name = explicit or f"stream{self._position + 1}"
             # Pipelines pass the cond and uncond embeddings as two tensors held for the whole run; a repeat of an
             # earlier call's (the same tensor, or equal values: the same prompt encoded again) is a new run.
-            repeated = any(n == name or (text is not None and _same(text, e)) for n, e in self._seen_here)
+            repeated = any(n == name or (text is not None and self._same_text(text, e)) for n, e in self._seen_here)
             if repeated or not self._same_latent(x):
                 new, same_t = True, False  # the same call again, or another latent: a new generation
         move = 0 if t is None or self.last_t is None or t == self.last_t else (1 if t > self.last_t else -1)
@@ -187,6 +211,7 @@ class Streams:
         if new:
             self.states.clear()
             self.shared = {}
+            self._equal.clear()
             self._direction = move = 0
         elif move and not self._direction:
             self._direction = move
