@@ -125,16 +125,17 @@ TARGETS = [("fxcache none", "inductor", 1.05), ("fxcache full step", "inductor",
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=("reference", "tiny"), default="reference")
-    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; tiny 15)")
-    ap.add_argument("--calls", type=int, default=20, help="calls per timed round")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; tiny 40)")
+    ap.add_argument("--calls", type=int, default=None, help="calls per timed round (default 20; tiny 10)")
     ap.add_argument("--batch", type=int, default=None, help="batch of a call (default 2; tiny 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; tiny 1)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="2 repeats of 3 calls, eager inner compiler (tests)")
     args = ap.parse_args(argv)
     tiny = args.model == "tiny"
-    args.repeats = args.repeats or (15 if tiny else 7)
+    args.repeats = args.repeats or (40 if tiny else 7)
     args.batch = args.batch or (1 if tiny else 2)
+    args.calls = args.calls or (10 if tiny else 20)
     if args.threads or tiny:
         torch.set_num_threads(args.threads or 1)
     if args.quick:

@@ -107,8 +107,8 @@ class Plan:
 
     def same_as(self, other: "Plan") -> bool:
         """Equal, weights and peer included (what `==` leaves out)."""
-        return (self == other and self.coeffs == other.coeffs and self.scales == other.scales
-                and self.peer == other.peer)
+        return self is other or (self == other and self.coeffs == other.coeffs and self.scales == other.scales
+                                 and self.peer == other.peer)
 
 
 FULL = Plan()

@@ -84,10 +84,13 @@ def test_quality_quick_runs_end_to_end(tmp_path):
 def test_overhead_quick_runs():
     from bench import overhead
 
-    result = overhead.main(["--quick"])
-    names = [r["method"] for r in result["rows"]]
-    assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache skipped step"]
-    assert result["skipped_step_blocks"]["skipped"] > 0
+    for model in ("reference", "tiny"):
+        result = overhead.main(["--quick", "--model", model])
+        names = [r["method"] for r in result["rows"]]
+        assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache skipped step",
+                         "ideal skipped step"]
+        assert result["skipped_step_blocks"]["skipped"] > 0
+        assert [t["row"] for t in result["targets"]] == ["fxcache none", "fxcache full step", "fxcache skipped step"]
 
 
 def test_soak_quick_runs():

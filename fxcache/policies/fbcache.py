@@ -42,9 +42,12 @@ class FBCache(StepForecast, Policy):
         if c is None:
             raise Unsupported("no first block whose residual matches the rest of the stack")
         self.head, self.tail = residual(0, c), residual(c, d.num_units)
-        self.forecastable = frozenset({self.tail})
+        self.forecastable = self.tails = frozenset({self.tail})
         self.cut = Stop("cut", c)
         self.write_all = Plan(write=frozenset({self.head, self.tail}), label="full")
+        self.full_continuation = self.computed_plan(Plan(write=frozenset({self.head, self.tail}), start=self.cut,
+                                                         label="full"))
+        self.probes: dict = {}
 
     def new_state(self) -> FBState:
         return FBState()
@@ -54,9 +57,15 @@ class FBCache(StepForecast, Policy):
             state.has_ref, state.skips = True, 0
             return self.computed(call, state, self.write_all)
         # The guess: the previous step's decision (runs of skipped and of computed steps are long).
-        guess = (self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip") if state.skips
-                 else self.computed_plan(Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full")))
-        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
+        guess = (self.skipped(call, state, self.tails, start=self.cut, label="skip") if state.skips
+                 else self.full_continuation)
+        probe = self.probes.get(id(guess))
+        if probe is None or probe.then is not guess:  # one probe object per guess object (the runtime memoises)
+            if len(self.probes) > 16:
+                self.probes.clear()
+            probe = self.probes[id(guess)] = Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut,
+                                                  label="probe", then=guess)
+        return probe
 
     def decide(self, call, state: FBState, measured: dict) -> Plan:
         d = measured[(self.head, "rel_l1")]
@@ -67,6 +76,6 @@ class FBCache(StepForecast, Policy):
             skip = decided.setdefault(call.step, skip)
         if skip and can_skip:
             state.skips += 1
-            return self.skipped(call, state, frozenset({self.tail}), start=self.cut, label="skip")
+            return self.skipped(call, state, self.tails, start=self.cut, label="skip")
         state.skips = 0
-        return self.computed(call, state, Plan(write=frozenset({self.head, self.tail}), start=self.cut, label="full"))
+        return self.computed(call, state, self.full_continuation)

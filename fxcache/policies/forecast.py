@@ -93,13 +93,18 @@ class StepForecast:
         if self.forecast != "foca":
             return plan
         extra = frozenset(window_of(s) for s in plan.write & self.forecastable)
-        return replace(plan, write=plan.write | extra) if extra else plan
+        return replace(plan, write=plan.write | extra) if extra - plan.write else plan
 
     def skipped(self, call, state, sites: frozenset, **plan) -> "Plan":
         from ..plan import Plan, window_of
 
         if self.forecast == "reuse" or len(state.computed) < 2:
-            return Plan(reuse=sites, **plan)
+            # The same plan every time: one object, so that the runtime recognises it at once (Plan.same_as)
+            key = (sites, tuple(plan.items()))
+            made = self.__dict__.setdefault("_reuse_plans", {})
+            if key not in made:
+                made[key] = Plan(reuse=sites, **plan)
+            return made[key]
         if self.forecast == "foca":  # the forecast goes into the window: the next one builds on it
             return Plan(forecast=sites, coeffs=foca(call.step - state.computed[0]), window=2,
                         write=frozenset(window_of(s) for s in sites), **plan)

@@ -101,6 +101,7 @@ class Runtime:
         self.half: HalfBatch | None = None
         self._trims: dict = {}  # (plan, sites a probe produced) -> the plan without them
         self._constants: dict = {}  # (weights, device) -> their float32 tensor
+        self._fusions: dict = {}  # id(probe) -> (probe, its fused plan)
         self.speculate = speculate
         self.why_no_half: str | None = "not recorded"
 
@@ -141,13 +142,13 @@ class Runtime:
         values: dict = {}
         scratch: dict = {}
         measured: dict = {}
-        guess = plan.then if self.speculate and plan.fusable() else None
+        fusion = self._fused(plan) if self.speculate and plan.then is not None else None
+        guess = plan.then if fusion is not None else None
         if guess is not None:  # probe and guessed continuation in one variant; its writes wait for the decision
-            outputs, fused = self._run(plan.fused(), args, st, values, scratch, measured, inst, streams,
+            outputs, fused = self._run(fusion[0], args, st, values, scratch, measured, inst, streams,
                                        store=plan.write)
             computed = fused.units_computed
-            spec = {k: scratch.pop(k) for k in list(scratch)
-                    if (k[1] if isinstance(k, tuple) and k[0] == "fin" else k) in guess.write - plan.write}
+            spec = {k: scratch.pop(k) for k in fusion[1] if k in scratch}
         else:
             outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
             computed = variant.units_computed
@@ -157,10 +158,6 @@ class Runtime:
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
             right = guess is not None and plan.same_as(guess)
-            if guess is not None:
-                with inst.lock:
-                    inst.stats.guesses_right += right
-                    inst.stats.guesses_wrong += not right
             if right:
                 self._store(plan, {**scratch, **spec}, st, plan.write - probe.write)
             else:
@@ -169,7 +166,8 @@ class Runtime:
                 outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
                 computed += variant.units_computed
         self.policy.observe(call, st.policy, measured, plan)
-        self._count(inst, streams.generation != generation, call, plan, computed, measured)
+        self._count(inst, streams.generation != generation, call, plan, computed, measured,
+                    None if guess is None else right)
         return outputs
 
     def _half_ready(self, args) -> bool:
@@ -216,6 +214,18 @@ class Runtime:
         if trimmed is None:
             trimmed = self._trims[key] = replace(plan, write=plan.write - done)
         return trimmed
+
+    def _fused(self, probe: Plan) -> tuple[Plan, tuple] | None:
+        """(`probe.fused()`, the scratch keys of the guess's own writes), or None where the probe and its guess cannot
+        be fused; made once per probe object (policies hand out the same probe object for the same guess)."""
+        hit = self._fusions.get(id(probe))
+        if hit is None or hit[0] is not probe:
+            if len(self._fusions) >= 64:  # probes made afresh each call (forecast weights): bounded
+                self._fusions.clear()
+            own = probe.then.write - probe.write
+            fusion = (probe.fused(), (*own, *(("fin", s) for s in own))) if probe.fusable() else None
+            hit = self._fusions[id(probe)] = (probe, fusion)
+        return hit[1]
 
     def _constant(self, kind: str, plan: Plan, device) -> torch.Tensor:
         """The forecast weights / band scales of `plan` as a float32 tensor on `device`, made once per value."""
@@ -304,12 +314,16 @@ class Runtime:
                 site_values = [self.half.site(site, j, v) for j, v in enumerate(site_values)]
             st.store(site, site_values, scratch.get(("fin", site)), self.policy.depth(site))
 
-    def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict) -> None:
+    def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict,
+               right: bool | None) -> None:
         total = self.discovery.num_units
         dist = next(iter(measured.values()), None)
-        reused = sum(1 for x in plan.reuse if x.kind == "module")
+        reused = sum(1 for x in plan.reuse if x.kind == "module") if plan.reuse else 0
         with inst.lock:
             s = inst.stats
+            if right is not None:
+                s.guesses_right += right
+                s.guesses_wrong += not right
             s.calls += 1
             s.steps += 1
             s.generations += new_generation
