@@ -143,6 +143,7 @@ def main(argv=None) -> dict:
 
     import fxcache
 
+    torch._dynamo.reset()  # five compiled versions of one forward below: none left over from earlier runs
     model, x, emb = (build_tiny if tiny else build_reference)(args.batch)
     compiler = "eager" if args.quick else "inductor"
     methods = methods_for(model, compiler)
