@@ -19,6 +19,7 @@ CPU path never touches a CUDA API.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from typing import Callable
@@ -67,8 +68,8 @@ class _Capture:
 
 
 class Graphed:
-    """A compiled variant replayed as CUDA graphs, one per distinct input shape (at most `keep`; shapes beyond run
-    the compiled function). `static[i]`: input i is a weight, read in place."""
+    """A compiled variant replayed as CUDA graphs, one per distinct input shape and thread (at most `keep`; beyond
+    that the compiled function runs). `static[i]`: input i is a weight, read in place."""
 
     def __init__(self, fn: Callable, static: list[bool], label: str, keep: int = 4) -> None:
         self.fn, self.static, self.label, self.keep = fn, static, label, keep
@@ -84,7 +85,9 @@ class Graphed:
     def __call__(self, *inputs):
         if self.failed:
             return self.fn(*inputs)
-        key = tuple((x.shape, x.dtype, x.stride()) if isinstance(x, torch.Tensor) else x for x in inputs)
+        # Per thread too: a replay's outputs are read after it returns, so two threads must not share a graph.
+        key = (threading.get_ident(),
+               *((x.shape, x.dtype, x.stride()) if isinstance(x, torch.Tensor) else x for x in inputs))
         capture = self.captures.get(key)
         if capture is not None and capture.weights_moved(inputs):
             del self.captures[key]
