@@ -134,12 +134,12 @@ def _max_variants_warnings(max_variants: int | None) -> list[str]:
 
 
 def test_max_variants_too_small_warns_once():
-    """fbcache cycles through 5 plans (the first full step; the probe fused with a "skip" and with a "full" guess;
-    the skip and the full continuation after a wrong guess); 2 slots recompile them over and over: one warning
-    that names max_variants and how many plans the model uses."""
+    """fbcache cycles through 3 plans (the first full step, the probe fused with its "skip" guess, the full
+    continuation after a wrong guess); 2 slots recompile them over and over: one warning that names max_variants
+    and how many plans the model uses."""
     msgs = _max_variants_warnings(2)
     assert len(msgs) == 1, msgs
-    assert "'max_variants'=2" in msgs[0] and "max_variants >= 5" in msgs[0], msgs[0]
+    assert "'max_variants'=2" in msgs[0] and "max_variants >= 3" in msgs[0], msgs[0]
     assert _max_variants_warnings(None) == []
 
 

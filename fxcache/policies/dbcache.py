@@ -62,9 +62,12 @@ class DBCache(StepForecast, Policy):
         if state.warm < max(1, self.warmup_steps):
             state.warm += 1
             return self.computed(call, state, self.write_all)
-        guess = (self.skipped(call, state, frozenset({self.middle}), start=self.cut, label="skip") if state.skips
-                 else self.computed_plan(Plan(write=frozenset({self.head, self.middle}), start=self.cut,
-                                              label="full")))  # the previous step's decision
+        # The guess: "skip" (a wrong one wastes only the back blocks), unless the step cannot skip.
+        certain = self.threshold <= 0 or not (
+            (self.max_continuous_cached_steps is None or state.skips < self.max_continuous_cached_steps)
+            and (self.max_cached_steps is None or state.cached < self.max_cached_steps))
+        guess = (self.computed_plan(Plan(write=frozenset({self.head, self.middle}), start=self.cut, label="full"))
+                 if certain else self.skipped(call, state, frozenset({self.middle}), start=self.cut, label="skip"))
         return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
 
     def decide(self, call, state: DBState, measured: dict) -> Plan:

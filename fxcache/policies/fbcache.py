@@ -56,9 +56,12 @@ class FBCache(StepForecast, Policy):
         if not state.has_ref or call.step <= self.warmup_steps:
             state.has_ref, state.skips = True, 0
             return self.computed(call, state, self.write_all)
-        # The guess: the previous step's decision (runs of skipped and of computed steps are long).
-        guess = (self.skipped(call, state, self.tails, start=self.cut, label="skip") if state.skips
-                 else self.full_continuation)
+        # The guess: "skip" (a wrong one wastes only the suffix), unless the step cannot skip (a wrong "full" guess
+        # would waste the whole stack).
+        certain = self.threshold <= 0 or (self.max_consecutive_skips is not None
+                                          and state.skips >= self.max_consecutive_skips)
+        guess = self.full_continuation if certain else self.skipped(call, state, self.tails, start=self.cut,
+                                                                    label="skip")
         probe = self.probes.get(id(guess))
         if probe is None or probe.then is not guess:  # one probe object per guess object (the runtime memoises)
             if len(self.probes) > 16:

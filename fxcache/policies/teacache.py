@@ -49,7 +49,6 @@ class TeaState:
     has_ref: bool = False  # a computed step has written the stack's residual and the indicator
     estimate: float | None = None  # "output" indicator: last measured per-step change
     previous_computed: int = 0
-    skipped_last: bool = False  # the previous probe's decision (the guess of the next: Plan.then)
     computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
 
 
@@ -113,8 +112,10 @@ class TeaCache(StepForecast, Policy):
                 return self.skipped(call, state, frozenset({self.stack}), label="skip")
             state.acc = 0.0
             return self._computed(call, state)
-        guess = (self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
-                 if state.skipped_last else self.computed_plan(self._full_continuation))
+        # The guess: "skip" (a wrong one wastes only the suffix), unless the step cannot skip (a wrong "full" guess
+        # would waste the whole stack).
+        guess = (self.computed_plan(self._full_continuation) if self.threshold <= 0
+                 else self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip"))
         return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
                     label="probe", then=guess)
 
@@ -126,8 +127,7 @@ class TeaCache(StepForecast, Policy):
 
     def decide(self, call, state: TeaState, measured: dict) -> Plan:
         state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
-        state.skipped_last = state.acc < self.threshold
-        if state.skipped_last:
+        if state.acc < self.threshold:
             return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
         state.acc = 0.0
         return self.computed(call, state, self._full_continuation)
