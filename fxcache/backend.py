@@ -18,7 +18,7 @@ import torch
 from .errors import option_error
 from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
-from .runtime.executor import Runtime
+from .runtime.runtime import Runtime
 from .runtime.halfbatch import HalfBatch, HalfSource
 from .runtime.instances import Instance
 from .runtime.state import Clock

@@ -164,3 +164,15 @@ def traced_model_class(discovery) -> str | None:
     except Exception:  # noqa: BLE001 - a private API: any failure means "not known"
         return None
     return type(module).__name__
+
+
+def save_mag_ratios(path: str | Path, streams: dict[str, list[float]]) -> None:
+    """Write {stream: [gamma_1..gamma_N]} as MagCache's ratio file (gamma_1 = 1: no previous step); what
+    `MagCache(calibrate=path)` records from one uncached generation."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"method": "magcache", "num_steps": max((len(v) for v in streams.values()), default=0),
+            "streams": streams}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)

@@ -7,7 +7,7 @@ compiled variant of the graph.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -52,24 +52,25 @@ class Plan:
     start: Stop | None = None  # continue from a probe that stopped here
     stop: Stop | None = None  # stop here (a probe) and ask the policy again
     label: str = "full"  # what stats record: "full", "skip", "probe", ...
-    # The forecast's weights, one per cached value (slot 0: the newest). Not part of the plan's identity: they are
-    # an input of the compiled variant, so a weight that changes every step compiles nothing new.
-    coeffs: tuple = field(default=(), compare=False)
+    # The forecast's weights, one per cached value (slot 0: the newest). Not part of the variant's identity
+    # (`key`): they are an input of the compiled variant, so a weight that changes every step compiles nothing new.
+    coeffs: tuple = ()
     # The stream whose cached values the variant reads as ("peer", ...) inputs (the CFG branch: the cond stream
-    # of the same step). Not part of the plan's identity either.
-    peer: str | None = field(default=None, compare=False)
+    # of the same step). Not part of the variant's identity either.
+    peer: str | None = None
     # Batched CFG ([uncond; cond] in one call): run only the cond half of the batch through the model's
     # half-batch graph and rebuild the uncond half from CFG_BATCH (runtime/halfbatch.py).
     half: bool = False
-    # FasterCache's (s_L, s_H) band scales of a rebuilt uncond output (Site "cfg"). Not part of the identity.
-    scales: tuple = field(default=(), compare=False)
+    # FasterCache's (s_L, s_H) band scales of a rebuilt uncond output (Site "cfg"). Not part of the variant's
+    # identity.
+    scales: tuple = ()
     # A forecast that also weighs the site's *window* (the last values of the site, forecast or computed, kept
     # under `window_of(site)`; FoCa): the last `window` of `coeffs` are their weights.
     window: int = 0
-    # A probe's likely continuation (the policy's guess, usually its previous decision). The runtime runs probe and
-    # guess as ONE compiled variant (`fused`), and, where the decision is the guess, that was the whole call: one
-    # graph call per step instead of two. Not part of the probe's identity (its fused plan's is).
-    then: "Plan | None" = field(default=None, compare=False)
+    # A probe's likely continuation (the policy's guess). The runtime runs probe and guess as ONE compiled variant
+    # (runtime/speculation.py), and, where the decision is the guess, that was the whole call: one graph call per
+    # step instead of two.
+    then: "Plan | None" = None
     # A fused plan: the probe stopped here; the values a continuation from here needs are emitted too.
     emit_at: Stop | None = None
 
@@ -85,30 +86,11 @@ class Plan:
         return len(self.coeffs) - self.window if self.forecast else 0
 
     def key(self) -> tuple:
-        """The identity of the compiled variant (the number of forecast weights matters, not their values)."""
+        """The identity of the compiled variant (the number of forecast weights matters, not their values). Two
+        plans are the same decision when they are equal (`==`, every field); they share a variant when their keys
+        are equal."""
         return (self.reuse, self.forecast, self.slots, self.window, self.write, self.measure, self.start, self.stop,
                 self.half, self.emit_at)
-
-    def fusable(self) -> bool:
-        """A probe whose guessed continuation can run in the same variant: the guess measures nothing (what it
-        would measure is read after the decision), runs on the whole batch and skips whole blocks only."""
-        t = self.then
-        return (self.stop is not None and t is not None and not t.measure and not t.half and not self.half
-                and t.start == self.stop and t.stop is None
-                and all(s.kind in ("residual", "stream") for s in t.reuse | t.forecast))
-
-    def fused(self) -> "Plan":
-        """The probe and its guessed continuation as one plan. Written sites of the guess are speculative: kept
-        apart by the runtime until the decision confirms the guess."""
-        t = self.then
-        return Plan(reuse=t.reuse, forecast=t.forecast, write=self.write | t.write, measure=self.measure,
-                    start=self.start, emit_at=self.stop, label=self.label, coeffs=t.coeffs, peer=t.peer,
-                    scales=t.scales, window=t.window)
-
-    def same_as(self, other: "Plan") -> bool:
-        """Equal, weights and peer included (what `==` leaves out)."""
-        return self is other or (self == other and self.coeffs == other.coeffs and self.scales == other.scales
-                                 and self.peer == other.peer)
 
 
 FULL = Plan()
@@ -125,3 +107,54 @@ def window_of(site: Site) -> Site:
     """The site whose slots hold `site`'s last values whether computed or forecast (written by the plans that
     compute or forecast `site`: the forecast itself is stored there)."""
     return Site(site.kind, site.start, site.stop, "window")
+
+
+ROLES = ("cond", "uncond", "batched", "only", "other")
+
+
+class Call:
+    """Everything a policy sees of one call, filled in by the runtime from its own state.
+
+    - `step`: 1-based call index of this stream in its generation (`index`: the same, 0-based: the one step
+      convention of schedules); `t`: the timestep on the 0-1000 scale of the published timestep windows (models
+      that pass t in [0, 1], like Flux and SD3, are rescaled; None when no timestep reaches the graph);
+      `num_steps`: the engine option, or None.
+    - `role`: "cond" or "uncond" (a pipeline that calls the model twice per step: the first call of a step, or a
+      stream named "cond", is the conditional one), "batched" (one call on [uncond; cond]: its cond half can run
+      alone, Plan.half), "only" (the one stream of a pipeline without a second call, known from its second step)
+      or "other" (a third stream, or a name of the user's own); `stream`: its name; `peer`: for "uncond", the
+      stream of the same step's cond call; `generation`: counts generations of this model instance and thread.
+    - `measured`: what the plan's `measure` asked for, {(site, metric): value}, filled before `decide`/`observe`;
+      NaN where the value was not finite (every policy computes then).
+    - `cached(site)`: how many values of `site` this stream holds (0: none; the runtime drops values that were not
+      finite, so the policy never keeps its own "is my cache written?").
+    - joint policies (`Policy.joint`: one decision per step for every stream of a generation): `agreed` is the
+      label of the decision the step's first call took (None on that first call) and `shared` the policy's
+      per-generation state (`Policy.new_shared`)."""
+
+    __slots__ = ("step", "t", "role", "stream", "peer", "generation", "num_steps", "measured", "agreed", "shared",
+                 "_cache")
+
+    def __init__(self, step: int, t: float | None = None, role: str = "only", stream: str = "stream0",
+                 num_steps: int | None = None, *, peer: str | None = None, generation: int = 0,
+                 cache: dict | None = None, agreed: str | None = None, shared=None) -> None:
+        self.step, self.t, self.role, self.stream, self.peer = step, t, role, stream, peer
+        self.generation, self.num_steps = generation, num_steps
+        self.measured: dict = {}
+        self.agreed, self.shared = agreed, shared
+        self._cache = {} if cache is None else cache
+
+    @property
+    def index(self) -> int:
+        return self.step - 1
+
+    @property
+    def is_last(self) -> bool:
+        return self.num_steps is not None and self.step >= self.num_steps
+
+    @property
+    def batched(self) -> bool:
+        return self.role == "batched"
+
+    def cached(self, site: Site) -> int:
+        return len(self._cache.get(site, ()))

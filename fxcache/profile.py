@@ -152,7 +152,6 @@ def _recorder(cfg: str):
             super().__init__()
             self.discovery = None
             self.records: dict[str, dict[str, dict[int, float]]] = {}  # stream -> key -> step -> value
-            self.own_shared: dict = {}
 
         def bind(self, d) -> None:
             if self.discovery is not None and self.discovery.num_units != d.num_units:
@@ -179,23 +178,15 @@ def _recorder(cfg: str):
             self.peer_key = (OUTPUT, "peer_rel_l1")
             self.keys[self.peer_key] = "d_cfg"
 
-        def new_state(self) -> dict:
-            return {"has_ref": False}
-
         def plan(self, call, state) -> Plan:
-            shared = call.shared if call.shared is not None else self.own_shared
-            order = shared.setdefault("profile_order", [])
-            if call.stream not in order:
-                order.append(call.stream)
-            plan = self.later if state["has_ref"] else self.first
-            state["has_ref"] = True
-            if cfg == "separate" and call.stream != order[0]:  # the uncond call: its output vs this step's cond
-                plan = replace(plan, measure=plan.measure | {self.peer_key}, peer=order[0])
+            plan = self.later if call.cached(OUTPUT) else self.first
+            if cfg == "separate" and call.role == "uncond":  # the uncond call: its output vs this step's cond
+                plan = replace(plan, measure=plan.measure | {self.peer_key}, peer=call.peer)
             return plan
 
-        def observe(self, call, state, measured: dict, plan: Plan) -> None:
+        def observe(self, call, state, plan: Plan) -> None:
             rec = self.records.setdefault(call.stream, {})
-            for key, value in measured.items():
+            for key, value in call.measured.items():
                 if key in self.keys:
                     rec.setdefault(self.keys[key], {})[call.step] = float(value)
 

@@ -14,8 +14,8 @@ from fxcache.backend import parse_options
 from fxcache.passes.specialize import motion_sums
 from fxcache.plan import Site, residual
 from fxcache.policies.adacache import lookup
-from fxcache.runtime.executor import Call
 
+from .driver import Driver
 from .loop import denoise
 from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
@@ -36,18 +36,14 @@ def bound(name: str = "wan", **options):
 def script(policy, n: int, raw: dict, motion: dict | None = None, num_steps: int | None | str = "n"):
     """One stream's calls 1..n; computed steps with a reference get `raw[k]` as the probe's rel_l1 (and
     `motion[k]` as every motion metric the plan asks for). Returns (labels, plans, rates after each call)."""
-    state = policy.new_state()
+    drive = Driver(policy, n if num_steps == "n" else num_steps,
+                   measure=lambda call, site, metric: raw[call.step] if metric == "rel_l1" else motion[call.step])
     labels, plans, rates = "", [], []
     for k in range(1, n + 1):
-        call = Call(k, "stream0", 1000.0 * (1 - k / n), n if num_steps == "n" else num_steps)
-        plan = policy.plan(call, state)
-        measured = {}
-        for site, metric in plan.measure:
-            measured[(site, metric)] = raw[k] if metric == "rel_l1" else motion[k]
-        policy.observe(call, state, measured, plan)
+        plan = drive(1000.0 * (1 - k / n))
         labels += "C" if plan.label == "full" else "s"
         plans.append(plan)
-        rates.append(state.rate)
+        rates.append(drive.state().rate)
     return labels, plans, rates
 
 
@@ -150,12 +146,12 @@ def test_motion_measured_in_the_variant_matches_reference():
     policy = runtime.policy
     observe = policy.observe
 
-    def spy(call, state, measured, plan):
+    def spy(call, state, plan):
         (site, metric), = policy.motion
-        if (site, metric) in measured:
+        if (site, metric) in call.measured:
             value = inst.streams().states[call.stream].cache[site][0][0]
-            seen.append((measured[(site, metric)], _motion_reference(value.float(), 16, 1)))
-        observe(call, state, measured, plan)
+            seen.append((call.measured[(site, metric)], _motion_reference(value.float(), 16, 1)))
+        observe(call, state, plan)
 
     policy.observe = spy
     fxcache.reset(cm)
@@ -193,11 +189,11 @@ def test_probe_sites_and_blocks():
 def test_two_probes_are_averaged():
     policy = bound(codebook=BOOK, probe_site="ca-mlp")
     a, b = policy.probes
-    state = policy.new_state()
-    for k, measured in [(1, {}), (2, {(a, "rel_l1"): 0.0625, (b, "rel_l1"): 0.3125})]:
-        call = Call(k, "stream0", None, 10)
-        plan = policy.plan(call, state)
-        policy.observe(call, state, measured, plan)
+    measured = {2: {(a, "rel_l1"): 0.0625, (b, "rel_l1"): 0.3125}}
+    drive = Driver(policy, 10, measure=lambda call, site, metric: measured[call.step][(site, metric)])
+    for _ in range(2):
+        drive(None)
+    state = drive.state()
     assert state.last["distance"] == pytest.approx(0.1875) and state.rate == 2
 
 

@@ -19,8 +19,8 @@ import fxcache
 from fxcache.backend import parse_options
 from fxcache.plan import Site
 from fxcache.policies import forecast
-from fxcache.runtime.executor import Call
 
+from .driver import Driver
 from .loop import denoise
 from .test_engine import TOLERANCE, models, rel_l1  # noqa: F401 - `models`: the fixture of uncached references
 from .zoo import CORE, ZOO
@@ -54,17 +54,11 @@ def bound(name: str, **options):
 
 
 def script(policy, timesteps, measured=None, stream="stream0"):
-    """Drive a policy through one stream's calls; returns one record per call."""
-    state = policy.new_state()
-    out = []
-    for k, t in enumerate(timesteps, start=1):
-        call = Call(k, stream, t, len(timesteps))
-        plan = policy.plan(call, state)
-        if plan.stop is not None:
-            plan = policy.decide(call, state, measured(k) if measured else {})
-        policy.observe(call, state, {}, plan)
-        out.append(plan)
-    return out
+    """Drive a policy through one stream's calls (tests/driver.py); `measured(k)`: {(site, metric): value} of call
+    k, read for what its plans measure. Returns the final plan of each call."""
+    measure = (lambda call, site, metric: measured(call.step)[(site, metric)]) if measured else None
+    drive = Driver(policy, len(timesteps), measure=measure)
+    return [drive(t, stream) for t in timesteps]
 
 
 def schedule(n: int, first: float = 1000.0) -> list[float]:
@@ -213,14 +207,14 @@ def test_dbcache_decisions():
     """F8B0 on 3 blocks clamps to F2B0; 8 warm-up steps, then the middle is reused below 0.08 (compared with the
     last computed step; the reference moves only on computed steps)."""
     policy = bound("wan", policy="dbcache")
-    assert (policy.front, policy.back) == (2, 3)
+    assert policy.cuts(discovery("wan")) == (2, 3)
     dist = [None] * 8 + [0.05, 0.07, 0.2, 0.01, 0.09, 0.0]
     plans = script(policy, schedule(len(dist)), measured=lambda k: {(policy.head, "rel_l1"): dist[k - 1]})
     assert labels(plans) == "C" * 8 + "SSCSCS"
     skip = plans[8]
     assert skip.reuse == {Site("residual", 2, 3)} and skip.start == policy.cut
     b = bound("wan", policy="dbcache", Fn=1, Bn=1, warmup_steps=0, max_continuous_cached_steps=1)
-    assert (b.front, b.back) == (1, 2)
+    assert b.cuts(discovery("wan")) == (1, 2)
     plans = script(b, schedule(5), measured=lambda k: {(b.head, "rel_l1"): 0.0})
     assert labels(plans) == "CSCSC"
 
@@ -334,11 +328,11 @@ def test_cfg_rebuild_equals_fastercache_formula():
 
 def _fastercache_script(policy, n: int):
     ts = schedule(n)
-    states = {s: policy.new_state() for s in ("stream0", "stream1")}
+    drive = Driver(policy, n)
     plans = []
-    for k, t in enumerate(ts, start=1):
+    for t in ts:
         for s in ("stream0", "stream1"):
-            plans.append((s, policy.plan(Call(k, s, t, n), states[s])))
+            plans.append((s, drive(t, s)))
     return ts, plans
 
 
@@ -390,8 +384,7 @@ def test_fastercache_batched_schedule_by_hand():
     policy = bound("pixart", policy="fastercache", uncond_window=(-1, 1001), attention_window=(-1, 1001))
     n = 12
     ts = schedule(n)
-    state = policy.new_state()
-    plans = [policy.plan(Call(k, "stream0", t, n, paired=k >= 2), state) for k, t in enumerate(ts, start=1)]
+    plans = Driver(policy, n, batched=True).run(ts)  # batched CFG recognised from the second call on
     labels = [p.label for p in plans]
     # i = 0 full (unpaired), 1 full (bands), 2..4 rebuilt (i % 5 != 0), 5 full, 6..9 rebuilt, 10 full, 11 rebuilt;
     # attention: extrapolated on rebuilt calls with i % 2 != 0
@@ -513,11 +506,11 @@ def test_fastercache_cogvideox_preset_by_hand():
     policy = bound("cogvideox", policy="fastercache", preset="cogvideox")
     n = 50
     ts = schedule(n)
-    states = {s: policy.new_state() for s in ("stream0", "stream1")}
+    drive = Driver(policy, n)
     s_low = s_high = 1.0
     for k, t in enumerate(ts, start=1):
-        cond = policy.plan(Call(k, "stream0", t, n), states["stream0"])
-        uncond = policy.plan(Call(k, "stream1", t, n), states["stream1"])
+        cond = drive(t, "stream0")
+        uncond = drive(t, "stream1")
         rebuilt = k >= 18 and k % 5 != 0
         assert uncond.rebuilds == rebuilt, k
         if rebuilt:

@@ -9,8 +9,8 @@ import torch
 import fxcache
 from fxcache.backend import parse_options
 from fxcache.plan import Site
-from fxcache.runtime.executor import Call
 
+from .driver import Driver
 from .loop import denoise
 from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
@@ -32,18 +32,13 @@ def run_output(policy, n: int, measured: dict, streams=("stream0",)):
     """Drive the "output" indicator through `n` steps of `streams` (called in that order at each step, as a
     pipeline calls cond then uncond). `measured[stream][k]`: relL1 between this computed output and the previous
     computed one, handed over only when the plan asks for it. Returns {stream: "FFS..."}."""
-    states = {s: policy.new_state() for s in streams}
-    shared: dict = {}
+    drive = Driver(policy, n, measure=lambda call, site, metric: measured[call.stream][call.step])
     out = {s: "" for s in streams}
     for k in range(1, n + 1):
         for s in streams:
-            call = Call(k, s, 1000.0 * (1 - k / n), n, shared=shared)
-            plan = policy.plan(call, states[s])
-            assert plan.stop is None  # the output indicator never probes
-            got = {}
-            if OUT in plan.measure:
-                got = {OUT: measured[s][k]}
-            policy.observe(call, states[s], got, plan)
+            plan = drive(1000.0 * (1 - k / n), s)
+            assert drive.history[-1][1].stop is None  # the output indicator never probes
+            assert set(drive.history[-1][0].measured) <= {OUT}
             out[s] += "F" if plan.label == "full" else "S"
             assert plan.label in ("full", "skip")
     return out
@@ -60,11 +55,10 @@ def test_output_accumulation_matches_hand_worked_sequence():
 
 def test_output_measures_only_after_the_first_computed_step():
     policy = bound(indicator="output", threshold=0.1)
-    state, shared = policy.new_state(), {}
-    first = policy.plan(Call(1, "stream0", 1000.0, 5, shared=shared), state)
+    drive = Driver(policy, 5, measure=lambda call, site, metric: 0.0)
+    first = drive(1000.0)
     assert first.label == "full" and OUT not in first.measure and Site("output") in first.write
-    policy.observe(Call(1, "stream0", 1000.0, 5, shared=shared), state, {}, first)
-    second = policy.plan(Call(2, "stream0", 800.0, 5, shared=shared), state)
+    second = drive(800.0)
     assert second.label == "full" and OUT in second.measure
 
 
@@ -93,14 +87,13 @@ def test_timestep_accumulation_matches_hand_worked_sequence():
     # 4 F (0.06, acc 0); 0.03 per step -> 5 S, 6 F; 7 S, 8 F (last).
     policy = bound(indicator="timestep", threshold=0.05)
     rel = {2: 0.02, 3: 0.02, 4: 0.02, 5: 0.03, 6: 0.03, 7: 0.03, 8: 0.03}
-    state, seq = policy.new_state(), ""
+    drive = Driver(policy, 8, measure=lambda call, site, metric: rel[call.step])
+    seq = ""
     for k in range(1, 9):
-        call = Call(k, "stream0", 1000.0 * (1 - k / 8), 8)
-        plan = policy.plan(call, state)
-        if plan.stop is not None:
-            assert plan.label == "probe"
-            plan = policy.decide(call, state, {(Site("indicator", name="timestep"), "rel_l1"): rel[k]})
-        policy.observe(call, state, {}, plan)
+        plan = drive(1000.0 * (1 - k / 8))
+        first = drive.history[-1][1]
+        if first.stop is not None:
+            assert first.label == "probe" and first.measure == {(Site("indicator", name="timestep"), "rel_l1")}
         seq += "F" if plan.label == "full" else "S"
     assert seq == "FSSFSFSF"
 

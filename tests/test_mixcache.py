@@ -9,8 +9,8 @@ import torch
 import fxcache
 from fxcache.plan import OUTPUT
 from fxcache.policies.mixcache import FULL_OUTPUT, candidate_blocks
-from fxcache.runtime.executor import Call
 
+from .driver import Driver
 from .loop import denoise
 from .test_block_policies import bound, discovery
 from .test_engine import TOLERANCE, rel_l1
@@ -22,26 +22,20 @@ N = 15
 def _script(policy, d_step, d_cfg, d_block, d_full):
     """Run cond + uncond calls for N steps, answering each plan's measures from the scripted distances (what the
     runtime would measure); returns the labels of the (cond, uncond) calls per step."""
-    shared: dict = {}
-    states = {s: policy.new_state() for s in ("stream0", "stream1")}
+
+    def measure(call, site, metric):
+        if metric == "peer_rel_l1":
+            return d_cfg
+        if site == OUTPUT:
+            return d_step(call.step)
+        if site == FULL_OUTPUT:
+            return d_full(call.step)
+        return d_block(site.stop, call.step)
+
+    drive = Driver(policy, N, measure=measure)
     labels = []
     for k in range(1, N + 1):
-        pair = []
-        for stream in ("stream0", "stream1"):
-            call = Call(k, stream, 1000.0 * (1 - k / N), N, False, shared)
-            plan = policy.plan(call, states[stream])
-            measured = {}
-            for site, metric in plan.measure:
-                if metric == "peer_rel_l1":
-                    measured[(site, metric)] = d_cfg
-                elif site == OUTPUT:
-                    measured[(site, metric)] = d_step(k)
-                elif site == FULL_OUTPUT:
-                    measured[(site, metric)] = d_full(k)
-                else:
-                    measured[(site, metric)] = d_block(site.stop, k)
-            policy.observe(call, states[stream], measured, plan)
-            pair.append(plan.label)
+        pair = [drive(1000.0 * (1 - k / N), stream).label for stream in ("stream0", "stream1")]
         labels.append(tuple(pair))
     return labels
 

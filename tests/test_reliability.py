@@ -263,7 +263,8 @@ def test_non_finite_values_are_never_reused(options, value):
 @pytest.mark.parametrize("name", ["fbcache", "teacache", "magcache"])
 def test_a_nan_distance_means_compute(name):
     from fxcache.policies import POLICIES
-    from fxcache.runtime.executor import Call
+
+    from .driver import Driver
 
     policy = POLICIES[name](**{k: v for k, v in CACHING[name].items() if k != "policy"},
                             **({"ratios": [1.0] * 10} if name == "magcache" else {}))
@@ -279,10 +280,13 @@ def test_a_nan_distance_means_compute(name):
         def first_residual_cut(self):
             return 1
 
+        def snap(self, c, lo=0, hi=None):  # every cut is valid: the cut in [lo, hi] nearest to c
+            return min(max(c, lo), self.num_units if hi is None else hi)
+
     policy.bind(D())
-    state = policy.new_state()
-    assert policy.plan(Call(1, "stream0", 999.0, 10), state).label == "full"
-    plan = policy.plan(Call(2, "stream0", 900.0, 10), state)
-    if plan.stop is not None:  # probing policies: a NaN distance must compute
-        (key,) = {k for k in plan.measure}
-        assert policy.decide(Call(2, "stream0", 900.0, 10), state, {key: float("nan")}).label == "full"
+    drive = Driver(policy, 10, measure=lambda call, site, metric: float("nan"))
+    assert drive(999.0).label == "full"
+    plan = drive(900.0)
+    if drive.history[-1][1].stop is not None:  # probing policies: a NaN distance must compute
+        assert len(drive.history[-1][1].measure) == 1
+        assert plan.label == "full"

@@ -94,7 +94,8 @@ def test_variant_inputs_come_in_gathering_order(wan):
     precomputed wiring relies on it."""
     from fxcache.passes.specialize import specialize
     from fxcache.plan import Plan, residual
-    from fxcache.runtime.executor import Wiring
+    from fxcache.runtime.speculation import fuse
+    from fxcache.runtime.wiring import Wiring
 
     entry, model = wan
     torch._dynamo.reset()
@@ -110,7 +111,7 @@ def test_variant_inputs_come_in_gathering_order(wan):
     cut = Stop("cut", c)
     skip = Plan(forecast=frozenset({tail}), coeffs=(2.0, -1.0), start=cut)
     probe = Plan(measure=frozenset({(head, "rel_l1")}), stop=cut, then=skip)
-    plans = [probe, skip, probe.fused(), Plan(write=frozenset({head, tail}))]
+    plans = [probe, skip, fuse(probe), Plan(write=frozenset({head, tail}))]
     for plan in plans:
         v = specialize(runtime.gm, d, plan)
         w = Wiring(v.inputs)  # raises where the order is not kept

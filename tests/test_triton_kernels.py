@@ -381,7 +381,7 @@ def test_blend_reference_is_the_cfg_rebuild():
 # ------------------------------------------------------------------ accumulators against the policies' rules
 
 def _call(step, num_steps=None):
-    from fxcache.runtime.executor import Call
+    from fxcache.plan import Call
 
     return Call(step, "s", None, num_steps)
 

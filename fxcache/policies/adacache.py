@@ -1,5 +1,5 @@
 """AdaCache (Kahatapitiya et al., ICCV 2025; AdaCache-DiT/AdaCache, Open-Sora 1.2's STDiT3): a content-dependent
-schedule of computed steps, decided at a probe. Spec: ALGORITHMS.md section 2.
+schedule of computed steps, decided at a probe (the paper's Section 3 and the official code's `adacache` module).
 
 What is skipped. On a skipped step every block of the official model adds its cached attention residual A_res and
 its cached cross-attention + MLP residual M_res; all blocks skip or compute together. Every diffusers block is
@@ -80,8 +80,8 @@ Deviations from the official code (all documented choices, none changes the meth
 - Steps 2 and 5 divide by the steps since the previous computed step; the official divides by the current rate.
   They differ only on a forced step (N - 1) that comes before prev + rate, whose decision cannot change the
   schedule (step N is forced anyway).
-- Models that call the transformer once per CFG branch (Wan) keep one schedule per stream (ALGORITHMS.md's
-  convention for separate calls); batched-CFG models decide once for both halves, as the official code does.
+- Models that call the transformer once per CFG branch (Wan) keep one schedule per stream (the
+  convention fxcache follows for separate calls); batched-CFG models decide once for both halves, as the official code does.
 - A non-finite distance (the runtime found NaN / inf) sets the rate to 1: the next step computes.
 - State lives in each stream's `new_state()` and starts over with every generation (the runtime detects them); the
   official blocks reset their counters when the step count reaches N.
@@ -172,7 +172,6 @@ class AdaState:
     rate: int = 1
     prev: int = 0  # prev_compute_step
     prev_moreg: float = 1.0
-    has_ref: bool = False  # a computed step has written the stack's residual and the probes
     last: dict | None = None  # the latest decision: distance, moreg, new rate (for inspection)
     computed: list = field(default_factory=list)  # StepForecast: steps whose residual was written, newest first
 
@@ -353,10 +352,11 @@ class AdaCache(StepForecast, Policy):
         return call.step <= 1 or (n is not None and call.step >= n - 1)
 
     def plan(self, call, state: AdaState) -> Plan:
-        if state.has_ref and not self._forced(call) and call.step < state.prev + state.rate:
+        has_ref = call.cached(self.stack) > 0
+        if has_ref and not self._forced(call) and call.step < state.prev + state.rate:
             return self.skipped(call, state, frozenset({self.stack}), label="skip")
         measure: set = set()
-        if state.has_ref:
+        if has_ref:
             measure.update((p, "rel_l1") for p in self.probes)
             lo, hi = self.table(call.num_steps)[1]
             if self.motion and lo <= call.step <= hi:
@@ -364,11 +364,11 @@ class AdaCache(StepForecast, Policy):
         return self.computed(call, state, Plan(write=frozenset({self.stack, *self.probes}),
                                                measure=frozenset(measure), label="full"))
 
-    def observe(self, call, state: AdaState, measured: dict, plan: Plan) -> None:
+    def observe(self, call, state: AdaState, plan: Plan) -> None:
         if plan.label != "full":
             return
-        k = call.step
-        if state.has_ref and all((p, "rel_l1") in measured for p in self.probes):
+        k, measured = call.step, call.measured
+        if all((p, "rel_l1") in measured for p in self.probes):
             gap = max(1, k - state.prev)
             d = sum(measured[(p, "rel_l1")] for p in self.probes) / len(self.probes) / gap
             m = 1.0
@@ -386,7 +386,6 @@ class AdaCache(StepForecast, Policy):
             state.rate = lookup(self.table(call.num_steps)[0], score)
             state.last = {"step": k, "distance": d, "moreg": m, "score": score, "rate": state.rate}
         state.prev = k
-        state.has_ref = True
 
     def describe(self) -> str:
         text = super().describe()

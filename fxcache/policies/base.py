@@ -1,6 +1,8 @@
-"""What a policy is: a small class that reads the step, the probes and its own per-stream state, and returns
-plans. It never touches graphs or tensors. Parameters are declared once, with their published defaults, so that
-options are validated (and documented) in one place."""
+"""What a policy is: a small class that sees one `Call` (plan.py) and returns one `Plan`. It reads the call and
+its own per-stream decision state, never the graph, tensors, files or the runtime's bookkeeping; the runtime says
+what is cached (`Call.cached`), runs probes and speculation, and takes one decision per step for joint policies.
+Parameters are declared once, with their published defaults, so that options are validated (and documented) in
+one place."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class Param:
     check: Callable[[Any], bool] | None = None
     accepted: str = ""  # shown in errors: what values are allowed
     optional: bool = False  # None is accepted too (it means "off")
+    aliases: tuple = ()  # other names of the option (a paper's or a peer's), accepted as it
 
     def validate(self, policy: str, name: str, value: Any) -> Any:
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
@@ -58,17 +61,6 @@ def finite_reals(v, minimum: float | None = None) -> bool:
             and all(real(x) and math.isfinite(x) and (minimum is None or x >= minimum) for x in v))
 
 
-def timestep_1000(call, state) -> float | None:
-    """The call's timestep on the 0-1000 scale of the published timestep windows: models that pass t in [0, 1]
-    (Flux, SD3's sigmas) are rescaled, judged from the stream's first timestep (kept in `state.first_t`)."""
-    if state.first_t is None:
-        state.first_t = call.timestep
-    t, first = call.timestep, state.first_t
-    if t is None:
-        return None
-    return t * 1000.0 if first is not None and first <= 1.0 else t
-
-
 def positive(v) -> bool:
     return v > 0
 
@@ -84,7 +76,11 @@ def fraction(v) -> bool:
 class Policy:
     name = "none"
     params: dict[str, Param] = {}
-    batched_cfg = False  # plans may run only the cond half of a batched-CFG call (Plan.half): Call.paired is set
+    batched_cfg = False  # plans may run only the cond half of a batched-CFG call (Plan.half): role "batched" is set
+    # One decision per step for every stream of a generation (both CFG branches): the step's first call decides,
+    # the others read its decision's label in `Call.agreed`; `new_shared` makes the generation's shared state
+    # (`Call.shared`). May be set per instance from an option.
+    joint = False
     # Plans skip or keep parts of blocks (module sites, block ranges): many variants, each compiled per block so that
     # they share compiled blocks (option piecewise="auto"). Step-level policies (the whole stack computed or
     # skipped) have a few variants, each compiled whole.
@@ -92,6 +88,7 @@ class Policy:
     calibration = None  # the loaded `calibration` option (fxcache.calibration.Calibration), set before bind
 
     def __init__(self, **options) -> None:
+        options = self._canonical(options)
         for key, value in options.items():
             if key not in self.params:
                 accepted = ", ".join(sorted(self.params)) or "none"
@@ -100,6 +97,19 @@ class Policy:
                                    f"decision_log, piecewise, speculate, cudagraphs, calibration)")
         for key, p in self.params.items():
             setattr(self, key, p.validate(self.name, key, options.get(key, p.default)))
+
+    @classmethod
+    def _canonical(cls, options: dict) -> dict:
+        """`options` with every alias replaced by its option's name (an option given under two names is an error)."""
+        out = dict(options)
+        for key, p in cls.params.items():
+            for alias in p.aliases:
+                if alias in out:
+                    if key in options:
+                        raise option_error(f"fxcache: options {key!r} and {alias!r} of policy {cls.name!r} are one "
+                                           f"option under two names; give one")
+                    out[key] = out.pop(alias)
+        return out
 
     def configure(self, calibration) -> None:
         """Receive the `calibration` option's loaded file (or None), right after the options are validated and
@@ -110,20 +120,26 @@ class Policy:
         """Learn the graph's sites (unit count, probe cut, indicators); raise Unsupported if unusable."""
 
     def new_state(self) -> Any:
+        """This policy's decision state for one stream of one generation (made again when the stream starts over)."""
+        return None
+
+    def new_shared(self) -> Any:
+        """A joint policy's decision state for one generation, shared by its streams."""
         return None
 
     def plan(self, call, state) -> Plan:
         return FULL
 
-    def decide(self, call, state, measured: dict) -> Plan:
+    def decide(self, call, state) -> Plan:
+        """After a probe (a plan with `stop`): the continuation, from what the probe measured (`call.measured`)."""
         raise NotImplementedError(f"policy {self.name} asked for a probe but cannot decide")
 
     def depth(self, site) -> int:
         """How many computed values of `site` to keep (slot 0 the newest): 1, or more for forecasts."""
         return 1
 
-    def observe(self, call, state, measured: dict, plan: Plan) -> None:
-        """Told what the call's final plan measured (for policies that learn from computed steps)."""
+    def observe(self, call, state, plan: Plan) -> None:
+        """Told the call's final plan and what it measured (`call.measured`), for policies that learn from it."""
 
     def describe(self) -> str:
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self.params) or "-"

@@ -5,7 +5,7 @@ blocks); a reuse step starts from that stored state and runs only the blocks aft
 denoising stage (timestep below `stage`, 0-1000 scale), with a cache step every `interval` steps; before it every
 step is computed. The stored value is the hidden state itself, not a residual: that is the method.
 
-The paper's i, N and stage boundary are not confirmed (ALGORITHMS.md §5); the defaults are choices: the first
+The paper's i, N and stage boundary are not given in a form we could confirm; the defaults are choices: the first
 half of the blocks (i = L // 2, or the nearest valid cut), N = 2, and the stage from t = 600 (the last ~60% of a 1000 -> 0 schedule).
 BlockDance-Ada's learned policy is not implemented.
 """
@@ -15,14 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..plan import Plan, Site
-from .base import Param, Policy, Unsupported, positive, timestep_1000
+from .base import Param, Policy, Unsupported, positive
 
 
 @dataclass
 class DanceState:
-    first_t: float | None = None
-    since: int = 0  # reuse steps since the last cache step in the late stage (-1: none yet)
-    cached: bool = False
+    since: int = 0  # reuse steps since the last cache step in the late stage
 
 
 class BlockDance(Policy):
@@ -50,11 +48,11 @@ class BlockDance(Policy):
         return DanceState()
 
     def plan(self, call, state: DanceState) -> Plan:
-        t = timestep_1000(call, state)
-        if t is None or t >= self.stage:
+        if call.t is None or call.t >= self.stage:
             return self.compute
-        if not state.cached or state.since + 1 >= self.interval:
-            state.cached, state.since = True, 0
+        # The period counts from the first call of the late stage (its first cache step), not from step 0.
+        if not call.cached(self.site) or state.since + 1 >= self.interval:
+            state.since = 0
             return self.cache_step
         state.since += 1
         return self.reuse

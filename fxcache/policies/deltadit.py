@@ -13,16 +13,9 @@ each, each end moved to the nearest valid cut (Latte's blocks come in spatial+te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..plan import Plan, residual
-from .base import Param, Policy, Unsupported, positive, timestep_1000
-
-
-@dataclass
-class DeltaState:
-    first_t: float | None = None
-    written: bool = False  # the ranges' residuals are cached (see fora.ScheduleState)
+from .base import Param, Policy, Unsupported, positive
+from .schedule import Schedule
 
 
 class DeltaDiT(Policy):
@@ -48,17 +41,14 @@ class DeltaDiT(Policy):
                 raise Unsupported(f"the {name} range [{a}, {b}) is not a valid residual of this model's "
                                   f"{n} blocks")
         self.front_site, self.rear_site = residual(*front), residual(*rear)
+        # k == 1 or k % interval == 0 for the 1-based k = i + 1
+        self.schedule = Schedule(self.interval, offset=self.interval - 1, warmup=1)
         self.compute = Plan(write=frozenset({self.front_site, self.rear_site}), label="full")
         self.skip_rear = Plan(reuse=frozenset({self.rear_site}), label="skip rear")
         self.skip_front = Plan(reuse=frozenset({self.front_site}), label="skip front")
 
-    def new_state(self) -> DeltaState:
-        return DeltaState()
-
-    def plan(self, call, state: DeltaState) -> Plan:
-        k, t = call.step, timestep_1000(call, state)
-        if k == 1 or k % self.interval == 0 or not state.written:
-            state.written = True
+    def plan(self, call, state) -> Plan:
+        if not call.cached(self.rear_site) or self.schedule.due(call.index):
             return self.compute
-        early = t is None or t > self.boundary
+        early = call.t is None or call.t > self.boundary
         return self.skip_rear if early else self.skip_front

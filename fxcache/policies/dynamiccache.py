@@ -1,5 +1,5 @@
 """DynamicCache (FinegrainDynamicCache, liufeng 2024): a reconstruction, not a port. The paper's text is only its
-result tables (shared/seeds/000); no code or description of the rule exists (ALGORITHMS.md section 7).
+result tables; no code or description of the rule exists.
 
 The rule read here is TeaCache's accumulate-and-refresh (same author, same baselines, same VideoSys models, a
 threshold in the name) driven by one of the paper's two indicators:
@@ -18,7 +18,8 @@ Where this differs from `teacache` with the same indicator:
   indicator tuned per model, not a rescaled one with shared thresholds as TeaCache's 0.1 / 0.2. "auto" still picks
   a polynomial fitted for the indicator (the `calibration` file, else a published one).
 - `joint` (default on): one decision per step for all the streams of a generation, i.e. both CFG branches when the
-  pipeline calls them separately; the accumulator adds the mean of the streams' estimates. The paper's models batch
+  pipeline calls them separately (the runtime's joint decisions, `Policy.joint`): with "output", the accumulator
+  adds the mean of the streams' estimates; with "timestep", the step's first call decides from its measurement. The paper's models batch
   CFG, so one decision there covers both halves, measured over both. Branches skipping on different steps leave
   one of them stale while the other is fresh, and guidance multiplies that difference (guidance 5: 4-5x).
 
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 
 from ..errors import option_error
 from .base import Param, non_negative
+from .budget import BudgetState, ErrorBudget
 from .teacache import TeaCache, TeaState
 
 # preset -> (threshold, indicators it is usable with on the reference model): the paper's settings (table above)
@@ -62,11 +64,9 @@ INDICATORS = ("timestep", "output")
 
 @dataclass
 class DynamicShared:
-    """One generation's decision state, shared by its streams (executor.Call.shared) under `joint`."""
+    """One generation's decision state, shared by its streams under `joint`."""
 
-    step: int = 0  # the step the current decision is for
-    compute: bool = True
-    acc: float = 0.0
+    budget: BudgetState = field(default_factory=ErrorBudget.new)
     estimates: dict = field(default_factory=dict)  # stream -> its latest per-step output change estimate
 
 
@@ -101,33 +101,28 @@ class DynamicCache(TeaCache):
             self.threshold = threshold
         elif self.threshold is None:
             self.threshold = DEFAULT_THRESHOLD[self.indicator]
+        self.make_budget()
 
-    def _shared(self, call) -> DynamicShared:
-        return call.shared.setdefault(self.name, DynamicShared())
+    def new_shared(self) -> DynamicShared:
+        return DynamicShared()
 
-    def plan(self, call, state: TeaState):
-        if self.indicator != "output" or not self.joint:
-            return super().plan(call, state)
-        sh = self._shared(call)
-        if sh.step != call.step:  # the first stream of this step decides for all of them
-            sh.step = call.step
-            if self._forced(call) or not sh.estimates:
-                sh.acc, sh.compute = 0.0, True
-            else:
-                sh.acc += sum(sh.estimates.values()) / len(sh.estimates)
-                sh.compute = not sh.acc < self.threshold  # NaN computes
-                if sh.compute:
-                    sh.acc = 0.0
-        if self._forced(call) or not state.has_ref:  # also a stream whose cache the runtime cleared
-            first, state.has_ref = not state.has_ref, True
-            return self._computed(call, state, first=first)
-        if sh.compute or state.estimate is None:
-            return self._computed(call, state)
-        return self.skipped(call, state, frozenset({self.stack}), label="skip")
+    def estimate(self, call, state: TeaState) -> float | None:
+        if not self.joint:
+            return state.estimate
+        if call.agreed is None and not call.shared.estimates:
+            return None
+        # The first call of the step decides from every stream's estimate; the others follow (`_skips`), where
+        # they have an estimate of their own to skip with.
+        if call.agreed is None:
+            return sum(call.shared.estimates.values()) / len(call.shared.estimates)
+        return state.estimate
 
-    def observe(self, call, state: TeaState, measured: dict, plan) -> None:
-        super().observe(call, state, measured, plan)
+    def budget_of(self, call, state: TeaState) -> BudgetState:
+        return call.shared.budget if self.joint and self.indicator == "output" else state.budget
+
+    def observe(self, call, state: TeaState, plan) -> None:
+        super().observe(call, state, plan)
         if (self.indicator == "output" and self.joint and plan.label == "full"
-                and (self.site, "rel_l1") in measured and state.estimate is not None
+                and (self.site, "rel_l1") in call.measured and state.estimate is not None
                 and math.isfinite(state.estimate)):
-            self._shared(call).estimates[call.stream] = state.estimate
+            call.shared.estimates[call.stream] = state.estimate

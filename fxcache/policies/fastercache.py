@@ -1,6 +1,6 @@
 """FasterCache (Vchitect/FasterCache; diffusers `FasterCacheConfig`): dynamic feature reuse of self-attention and
 CFG-Cache of the unconditional branch. Defaults are diffusers' generic ones (timestep windows), with the
-per-model schedules of the paper as presets (ALGORITHMS.md §1).
+per-model schedules of the official code as presets.
 
 Per stream, i counts the calls (0-based, diffusers' `iteration`); t is on the 0-1000 scale.
 - CFG-Cache (the unconditional stream): computed when i == 0, outside `uncond_window`, or when i % uncond_range
@@ -14,8 +14,8 @@ Per stream, i counts the calls (0-based, diffusers' `iteration`); t is on the 0-
   takes in the extrapolated ones, so its F_old can be an approximation); the gates, norms, cross-attention and
   MLP are computed.
 
-Presets (`preset="latte" | "cogvideox" | "mochi"`): the official code's per-family step schedules (ALGORITHMS.md
-§1 tables) instead of diffusers' timestep windows, on the call index k of the stream; there self-attention is
+Presets (`preset="latte" | "cogvideox" | "mochi"`): the official code's per-family step schedules (its sample
+scripts) instead of diffusers' timestep windows, on the call index k of the stream; there self-attention is
 extrapolated on the preset's steps whatever the uncond schedule (the official code), except under batched CFG,
 where the cond-half cache (diffusers') allows it only on calls whose uncond half is rebuilt. A preset for another
 family than the graph's is an error. Open-Sora, Open-Sora-Plan and Vchitect are not diffusers models, so they
@@ -46,26 +46,14 @@ from ..families import family
 from ..passes.modules import sites_with
 from ..passes.specialize import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
-from .base import Param, Policy, Unsupported, positive, timestep_1000
+from .base import Param, Policy, Unsupported, positive
 from .forecast import linear
-
-UNCOND = ("uncond", "stream1")
-COND = {"uncond": "cond", "stream1": "stream0"}
-
-
-def _window_ok(v) -> bool:
-    return (isinstance(v, (list, tuple)) and len(v) == 2
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and v[0] < v[1])
-
-
-def _window(doc: str, default) -> Param:
-    return Param(default, (list, tuple), doc + " (open interval on the 0-1000 timestep scale)", _window_ok,
-                 "(lo, hi) with lo < hi")
+from .schedule import Schedule, window_param as _window
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A family's schedule from the official FasterCache code (ALGORITHMS.md §1), on the call index k (1-based;
+    """A family's schedule from the official FasterCache code, on the call index k (1-based;
     Mochi's 0-based `cnt`): when the uncond branch is rebuilt, the band scale factors per rebuilt call, when
     self-attention is extrapolated and with which weight."""
 
@@ -95,13 +83,8 @@ SCHEDULE = ("attention_range", "attention_window", "attention_weight", "uncond_r
 
 @dataclass
 class FasterState:
-    i: int = 0
-    first_t: float | None = None
-    s_low: float = 1.0
+    s_low: float = 1.0  # the band scales, compounded over rebuilt calls, reset by a computed one
     s_high: float = 1.0
-    has_bands: bool = False
-    computed_attention: int = 0
-    batched: bool = False  # caching for a batched-CFG call: attention values are of the cond half
 
 
 class FasterCache(Policy):
@@ -140,6 +123,11 @@ class FasterCache(Policy):
         self.why_not_cfg = rebuildable(d)
         if not self.attention and self.why_not_cfg:
             raise Unsupported(f"no self-attention module inside the blocks and {self.why_not_cfg}")
+        self.any_attention = min(self.attention, key=str) if self.attention else None
+        self.uncond_schedule = Schedule(self.uncond_range, warmup=1, window=tuple(self.uncond_window))
+        self.attention_schedule = Schedule(self.attention_range, window=tuple(self.attention_window))
+        self.low_schedule = Schedule(window=tuple(self.low_window))
+        self.high_schedule = Schedule(window=tuple(self.high_window))
         self.cond_full = Plan(write=frozenset({OUTPUT}) | self.attention, label="full")
         self.batch_full = Plan(write=frozenset({CFG_BATCH}) | self.attention, label="full")
 
@@ -149,10 +137,6 @@ class FasterCache(Policy):
     def depth(self, site) -> int:
         return 2 if site in self.attention else 1
 
-    @staticmethod
-    def _inside(t, window) -> bool:
-        return t is not None and window[0] < t < window[1]
-
     def _k(self, i: int) -> int:
         return i if PRESETS[self.preset].zero_based else i + 1
 
@@ -160,15 +144,15 @@ class FasterCache(Policy):
         """The uncond schedule: call i (0-based) at t is one whose uncond branch FasterCache rebuilds."""
         if self.preset is not None:
             return i > 0 and PRESETS[self.preset].uncond(self._k(i))
-        return i > 0 and self._inside(t, self.uncond_window) and i % self.uncond_range != 0
+        return not self.uncond_schedule.due(i, t)
 
     def _scales(self, i: int, t) -> tuple[float, float]:
         """The factors of s_L and s_H on rebuilt call i."""
         if self.preset is not None:
             p, k = PRESETS[self.preset], self._k(i)
             return p.low(k), p.high(k)
-        return (self.alpha_low if self._inside(t, self.low_window) else 1.0,
-                self.alpha_high if self._inside(t, self.high_window) else 1.0)
+        return (self.alpha_low if self.low_schedule.inside(i, t) else 1.0,
+                self.alpha_high if self.high_schedule.inside(i, t) else 1.0)
 
     def _attention_due(self, i: int, t, rebuilt: bool) -> bool:
         """Self-attention may be extrapolated at call i: by diffusers' rule on calls whose uncond branch is
@@ -176,55 +160,51 @@ class FasterCache(Policy):
         feature reuse does not depend on the uncond schedule)."""
         if self.preset is not None:
             return PRESETS[self.preset].attention(self._k(i))
-        return rebuilt and self._inside(t, self.attention_window) and i % self.attention_range != 0
+        return rebuilt and not self.attention_schedule.due(i, t)
 
     def _weight(self, i: int) -> float:
         return PRESETS[self.preset].weight(self._k(i)) if self.preset is not None else self.attention_weight
 
+    def _extrapolation(self, call) -> tuple:
+        """The weights of F + w (F - F_old) over the computed attention outputs held (one: reused as it is)."""
+        return linear(self._weight(call.index)) if call.cached(self.any_attention) >= 2 else (1.0,)
+
     def plan(self, call, state: FasterState) -> Plan:
-        i = state.i
-        state.i += 1
-        t = timestep_1000(call, state)
-        rebuild = (self.why_not_cfg is None and state.has_bands and self._uncond_skipped(i, t)
-                   and (call.stream in UNCOND or call.paired))
+        i, t = call.index, call.t
+        branch = call.role in ("uncond", "batched") and self.why_not_cfg is None
+        bands = CFG if call.role == "uncond" else CFG_BATCH
+        rebuild = branch and call.cached(bands) and self._uncond_skipped(i, t)
         if rebuild:
             f_low, f_high = self._scales(i, t)
             state.s_low *= f_low
             state.s_high *= f_high
-        elif self.why_not_cfg is None and (call.stream in UNCOND or call.paired):
+        elif branch:
             state.s_low = state.s_high = 1.0
-            state.has_bands = True
-        if call.stream in UNCOND:
+        if call.role == "uncond":
             if rebuild:
-                return Plan(reuse=frozenset({CFG}), scales=(state.s_low, state.s_high), peer=COND[call.stream],
-                            label="cfg")
+                return Plan(reuse=frozenset({CFG}), scales=(state.s_low, state.s_high), peer=call.peer, label="cfg")
             if self.why_not_cfg is None:
-                return Plan(write=frozenset({CFG}), peer=COND[call.stream], label="full")
+                return Plan(write=frozenset({CFG}), peer=call.peer, label="full")
             return self.cond_full
-        if call.paired and self.why_not_cfg is None:
-            return self._batched(i, t, state, rebuild)
+        if call.role == "batched" and self.why_not_cfg is None:
+            return self._batched(call, state, rebuild)
         # The cond stream (or the only one, under batched CFG): attention is approximated only on steps that
         # pass the uncond schedule (whose uncond call is rebuilt, where it can be), as in diffusers.
-        approximate = (state.computed_attention > 0 and self.attention
-                       and self._attention_due(i, t, self._uncond_skipped(i, t)))
-        if not approximate:
-            state.computed_attention += 1
+        if not (self.attention and call.cached(self.any_attention)
+                and self._attention_due(i, t, self._uncond_skipped(i, t))):
             return self.cond_full
-        w = linear(self._weight(i)) if state.computed_attention >= 2 else (1.0,)
-        return Plan(forecast=self.attention, write=frozenset({OUTPUT}), coeffs=w, label="forecast")
+        return Plan(forecast=self.attention, write=frozenset({OUTPUT}), coeffs=self._extrapolation(call),
+                    label="forecast")
 
-    def _batched(self, i: int, t, state: FasterState, rebuild: bool) -> Plan:
+    def _batched(self, call, state: FasterState, rebuild: bool) -> Plan:
         """Batched CFG: a full call caches the bands of (uncond half - cond half) and the cond half's attention;
         on an uncond-skip step only the cond half runs (its attention extrapolated or computed by the attention
-        schedule) and the uncond half is rebuilt from it."""
+        schedule) and the uncond half is rebuilt from it. (The runtime keeps the cond half's attention values;
+        values of the whole batch from an earlier call are dropped by their shape.)"""
         if not rebuild:
-            if not state.batched:  # the attention cached so far is of the whole batch: count from here
-                state.batched, state.computed_attention = True, 0
-            state.computed_attention += 1
             return self.batch_full
         scales = (state.s_low, state.s_high)
-        if self.attention and state.computed_attention > 0 and self._attention_due(i, t, True):
-            w = linear(self._weight(i)) if state.computed_attention >= 2 else (1.0,)
-            return Plan(forecast=self.attention, coeffs=w, scales=scales, half=True, label="cfg+forecast")
-        state.computed_attention += 1
+        if self.attention and call.cached(self.any_attention) and self._attention_due(call.index, call.t, True):
+            return Plan(forecast=self.attention, coeffs=self._extrapolation(call), scales=scales, half=True,
+                        label="cfg+forecast")
         return Plan(write=self.attention, scales=scales, half=True, label="cfg")

@@ -8,19 +8,10 @@ FORA's DiT has no cross-attention; where a block has one, it is cached with the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..passes.modules import sites_with
 from ..plan import Plan
 from .base import Param, Policy, Unsupported, positive
-
-
-@dataclass
-class ScheduleState:
-    """For policies that decide from the step number alone: whether this stream's cache has been written since
-    the state was made (a new generation, or a stream that started over after a non-finite value)."""
-
-    written: bool = False
+from .schedule import Schedule
 
 
 class FORA(Policy):
@@ -33,14 +24,12 @@ class FORA(Policy):
         sites = frozenset(sites_with(d))
         if not sites:
             raise Unsupported("no attention or MLP module found inside the blocks")
+        self.any_site = min(sites, key=str)  # all are written together: one tells whether they are cached
+        self.schedule = Schedule(self.interval)
         self.compute = Plan(write=sites, label="full")
         self.reuse = Plan(reuse=sites, label="reuse")
 
-    def new_state(self) -> ScheduleState:
-        return ScheduleState()
-
-    def plan(self, call, state: ScheduleState) -> Plan:
-        if not state.written or (call.step - 1) % self.interval == 0:
-            state.written = True
+    def plan(self, call, state) -> Plan:
+        if not call.cached(self.any_site) or self.schedule.due(call.index):
             return self.compute
         return self.reuse

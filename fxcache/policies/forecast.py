@@ -20,6 +20,10 @@ recompile.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+
+from ..plan import Plan, window_of
+from .base import Param
 
 FORECASTS = ("reuse", "taylor", "foca")
 
@@ -57,16 +61,20 @@ def _without_window(site):
 
 
 class StepForecast:
-    """Mixin for the step-level policies (fbcache, teacache, magcache): option `forecast` says what a skipped
-    step adds to its input, the last computed residual ("reuse", the published methods) or its Taylor forecast
-    of order `order` over the last computed steps ("taylor": TaylorSeer's expansion applied to the skipped
-    blocks' residual, the idea of cache-dit's DBCache + TaylorSeer calibrator), or FoCa's predictor-corrector
-    ("foca": cache-dit's FoCa calibrator; `order` does not apply). The policy's state keeps `computed`: the steps
-    whose residual it wrote, newest first; `forecastable` (set in bind) are the sites a skipped step may forecast.
-    A computed plan goes through `computed(...)`, which records the step (and, for FoCa, stores the site's
-    window too)."""
+    """Mixin for the step-level policies (fbcache, dbcache, teacache, dynamiccache, magcache): option `forecast`
+    says what a skipped step adds to its input, the last computed residual ("reuse", the published methods) or its
+    Taylor forecast of order `order` over the last computed steps ("taylor": TaylorSeer's expansion applied to the
+    skipped blocks' residual, the idea of cache-dit's DBCache + TaylorSeer calibrator), or FoCa's
+    predictor-corrector ("foca": cache-dit's FoCa calibrator; `order` does not apply). The policy's state keeps
+    `computed`: the steps whose residual it wrote, newest first (the forecast's abscissae); `forecastable` (set in
+    bind) are the sites a skipped step may forecast. A computed plan goes through `computed(...)`, which records the
+    step (and, for FoCa, stores the site's window too)."""
 
-    PARAMS: dict = {}  # filled below (Param lives in base.py, which imports nothing from here)
+    PARAMS = {
+        "forecast": Param("reuse", str, "what a skipped step adds: the last computed residual or its forecast",
+                          lambda v: v in FORECASTS, " | ".join(FORECASTS)),
+        "order": Param(1, int, "order of the 'taylor' forecast", lambda v: 1 <= v <= 4, "1..4"),
+    }
     forecastable: frozenset = frozenset()
 
     def depth(self, site) -> int:
@@ -75,50 +83,23 @@ class StepForecast:
             return 1
         return {"taylor": self.order + 1, "foca": 2}.get(self.forecast, 1)
 
-    def computed_at(self, state, step: int) -> None:
-        state.computed = [step, *state.computed][: max(self.order + 1, 2 if self.forecast == "foca" else 1)]
-
-    def computed(self, call, state, plan: "Plan") -> "Plan":
+    def computed(self, call, state, plan: Plan) -> Plan:
         """`plan`, a computed step's, after recording the step; under FoCa it also writes the window of each
         forecastable site it writes."""
-        self.computed_at(state, call.step)
+        state.computed = [call.step, *state.computed][: max(self.order + 1, 2 if self.forecast == "foca" else 1)]
         return self.computed_plan(plan)
 
-    def computed_plan(self, plan: "Plan") -> "Plan":
+    def computed_plan(self, plan: Plan) -> Plan:
         """What `computed` returns, without recording anything (a guess of the continuation: Plan.then)."""
-        from dataclasses import replace
-
-        from ..plan import window_of
-
         if self.forecast != "foca":
             return plan
         extra = frozenset(window_of(s) for s in plan.write & self.forecastable)
         return replace(plan, write=plan.write | extra) if extra - plan.write else plan
 
-    def skipped(self, call, state, sites: frozenset, **plan) -> "Plan":
-        from ..plan import Plan, window_of
-
+    def skipped(self, call, state, sites: frozenset, **plan) -> Plan:
         if self.forecast == "reuse" or len(state.computed) < 2:
-            # The same plan every time: one object, so that the runtime recognises it at once (Plan.same_as)
-            key = (sites, tuple(plan.items()))
-            made = self.__dict__.setdefault("_reuse_plans", {})
-            if key not in made:
-                made[key] = Plan(reuse=sites, **plan)
-            return made[key]
+            return Plan(reuse=sites, **plan)
         if self.forecast == "foca":  # the forecast goes into the window: the next one builds on it
             return Plan(forecast=sites, coeffs=foca(call.step - state.computed[0]), window=2,
                         write=frozenset(window_of(s) for s in sites), **plan)
         return Plan(forecast=sites, coeffs=taylor(state.computed, call.step, self.order), **plan)
-
-
-def _params():
-    from .base import Param
-
-    return {
-        "forecast": Param("reuse", str, "what a skipped step adds: the last computed residual or its forecast",
-                          lambda v: v in FORECASTS, " | ".join(FORECASTS)),
-        "order": Param(1, int, "order of the 'taylor' forecast", lambda v: 1 <= v <= 4, "1..4"),
-    }
-
-
-StepForecast.PARAMS = _params()

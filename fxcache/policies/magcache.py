@@ -23,10 +23,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..calibration import save_mag_ratios
 from ..errors import option_error
 from ..families import family
 from ..plan import Plan, residual
 from .base import Param, Policy, Unsupported, finite_reals, fraction, non_negative, positive
+from .budget import LIMITS, BudgetState, ErrorBudget
 from .forecast import StepForecast
 
 DEFAULTS = {"wan": (0.12, 2, 0.2), "flux": (0.24, 5, 0.1), "hunyuanvideo": (0.24, 6, 0.2)}
@@ -73,11 +75,7 @@ def nearest(ratios: list[float], n: int) -> list[float]:
 
 @dataclass
 class MagState:
-    ratio: float = 1.0
-    skips: int = 0
-    error: float = 0.0
-    has_residual: bool = False
-    recorded: list = field(default_factory=list)
+    budget: BudgetState = field(default_factory=ErrorBudget.new)
     computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
 
 
@@ -86,11 +84,12 @@ class MagCache(StepForecast, Policy):
     params = {
         **StepForecast.PARAMS,
         "threshold": Param(None, float, "accumulated error |1 - R| allowed (None: family default)",
-                           non_negative, ">= 0 or None"),
-        "max_skips": Param(None, int, "K: most consecutive reused steps (None: family default)", positive,
-                           ">= 1 or None"),
+                           non_negative, ">= 0 or None", aliases=("magcache_thresh",)),
+        "max_consecutive_skips": Param(None, int, "K: most consecutive reused steps (None: family default)",
+                                       positive, ">= 1 or None", aliases=("max_skips", "magcache_K")),
         "retention": Param(None, float, "rho: fraction of steps always computed at the start (None: family "
-                           "default)", fraction, "in [0, 1] or None"),
+                           "default)", fraction, "in [0, 1] or None", aliases=("retention_ratio",)),
+        "max_cached_steps": LIMITS["max_cached_steps"],
         "ratios": Param(None, (str, list, tuple, dict), "calibration file or ratio list", _ratios_ok,
                         RATIOS_ACCEPTED),
         "calibrate": Param(None, str, "record ratios from an uncached run into this JSON file", None, "a path"),
@@ -121,8 +120,11 @@ class MagCache(StepForecast, Policy):
         self.forecastable = frozenset({self.stack})
         t, k, r = DEFAULTS.get(family(d), DIFFUSERS)
         self.thresh = t if self.threshold is None else self.threshold
-        self.k = k if self.max_skips is None else self.max_skips
+        self.k = k if self.max_consecutive_skips is None else self.max_consecutive_skips
         self.rho = r if self.retention is None else self.retention
+        self.budget = ErrorBudget(self.thresh, max_consecutive_skips=self.k, max_cached_steps=self.max_cached_steps)
+        self.compute = Plan(write=frozenset({self.stack}), label="full")
+        self.calibrating = Plan(write=self.compute.write, measure=frozenset({(self.stack, "mag_ratio")}), label="full")
 
     def new_state(self) -> MagState:
         return MagState()
@@ -132,27 +134,25 @@ class MagCache(StepForecast, Policy):
         return nearest(table, call.num_steps or len(table))
 
     def plan(self, call, state: MagState) -> Plan:
-        if self.calibrate is not None:
-            measure = frozenset({(self.stack, "mag_ratio")}) if state.has_residual else frozenset()
-            state.has_residual = True
-            return Plan(write=frozenset({self.stack}), measure=measure, label="full")
+        if self.calibrate is not None:  # an uncached run that measures the ratios
+            return self.calibrating if call.cached(self.stack) else self.compute
         gammas = self._gammas(call)
-        n = len(gammas)
-        k = call.step - 1  # 0-based
-        if state.has_residual and int(self.rho * n) <= k < n:
-            state.ratio *= gammas[k]
-            state.skips += 1
-            state.error += abs(1.0 - state.ratio)
-            if state.error < self.thresh and state.skips <= self.k:
-                return self.skipped(call, state, frozenset({self.stack}), label="skip")
-        state.ratio, state.skips, state.error, state.has_residual = 1.0, 0, 0.0, True
-        return self.computed(call, state, Plan(write=frozenset({self.stack}), label="full"))
+        n, k = len(gammas), call.index
+        if call.cached(self.stack) and int(self.rho * n) <= k < n and state.computed:
+            # R: the product of the ratios since the last computed step; the budget accumulates |1 - R|.
+            ratio = 1.0
+            for j in range(state.computed[0], k + 1):
+                ratio *= gammas[j]
+            if self.budget.decide(state.budget, abs(1.0 - ratio))[0]:
+                return self.skipped(call, state, self.forecastable, label="skip")
+        else:
+            self.budget.computed(state.budget)
+        return self.computed(call, state, self.compute)
 
-    def observe(self, call, state: MagState, measured: dict, plan: Plan) -> None:
+    def observe(self, call, state: MagState, plan: Plan) -> None:
         if self.calibrate is None:
             return
-        state.recorded.append(measured.get((self.stack, "mag_ratio"), 1.0))
-        self.recorded[call.stream] = list(state.recorded)
-        from ..profile import save_mag_ratios
-
+        # Calibration mode: the one place a policy writes a file (the option asks for it); `python -m
+        # fxcache.profile` is the calibration tool that keeps policies out of it.
+        self.recorded.setdefault(call.stream, []).append(call.measured.get((self.stack, "mag_ratio"), 1.0))
         save_mag_ratios(self.calibrate, self.recorded)

@@ -49,8 +49,6 @@ GRANULARITIES = ("step", "cfg", "block")
 INTERVALS = {"acc": (4, 3, 2), "eff": (5, 4, 3)}  # N for D_full < delta1, < delta2, >= delta2 (eq. 6)
 DELTAS = {"cogvideox-2b": (0.3, 0.4), "cogvideox-5b": (0.3, 0.4)}  # else the paper's Wan / HunyuanVideo (0.05, 0.1)
 FULL_OUTPUT = Site("output", name="full")  # the output of the last full step (for D_full)
-COND = ("cond", "stream0")
-UNCOND = {"uncond": "cond", "stream1": "stream0"}  # uncond stream -> its cond stream
 
 
 def candidate_blocks(d) -> list[int]:
@@ -80,25 +78,21 @@ def _delta_ok(v) -> bool:
 
 @dataclass
 class MixShared:
-    """The decision state of one generation, shared by its CFG branches (executor.Call.shared)."""
+    """The decision state of one generation, shared by its CFG branches (Call.shared: MixCache is joint)."""
 
     n: int = 0  # the cache interval N
     cnt: int = 0
     rescale: int = 0  # the step whose full output's D_full sets N
     previous: str = "full"  # the granularity of the previous step (the penalty bars it)
-    mode: dict = field(default_factory=dict)  # step -> its decision ("full", "step", "cfg", "block@i")
     d: dict = field(default_factory=dict)  # granularity -> its newest distance D
-
-
-@dataclass
-class MixState:
-    written: set = field(default_factory=set)  # sites this stream has cached
+    cfg_seen: bool = False  # a D_cfg was measured: the generation has two CFG branches
 
 
 class MixCache(Policy):
     name = "mixcache"
     block_level = True
     batched_cfg = True
+    joint = True  # Algorithm 1 decides per step; the uncond call follows the cond call's decision
     params = {
         "interval": Param("eff", (str, int), "cache interval N: 'eff' (5/4/3), 'acc' (4/3/2) or a fixed int",
                           _interval_ok, "'eff', 'acc' or an int >= 1"),
@@ -152,8 +146,8 @@ class MixCache(Policy):
         self.i_cfg = float(impact.get("cfg", 1.0))
         self.i_block = {int(k): [float(x) for x in v] for k, v in impact.get("block", {}).items()}
 
-    def new_state(self) -> MixState:
-        return MixState()
+    def new_shared(self) -> MixShared:
+        return MixShared()
 
     # -- the decision (Algorithm 1), once per step ------------------------------------------------------------
 
@@ -213,80 +207,78 @@ class MixCache(Policy):
 
     # -- plans per call ------------------------------------------------------------------------------------------
 
-    def plan(self, call, state: MixState) -> Plan:
-        shared: MixShared = call.shared.setdefault("mixcache", MixShared())
-        uncond = call.stream in UNCOND and not call.paired
-        if uncond:
-            mode = shared.mode.get(call.step, "full")
-            return self._uncond_plan(mode, state, UNCOND[call.stream])
-        if call.stream not in COND and not call.paired:  # a third stream: not a CFG branch MixCache knows
-            return self._full_plan(state, batch=False)
-        two = call.paired or "cfg_seen" in call.shared
-        mode = self._decide(call, shared, two)
-        if mode != "full" and not self._has(state, mode, call.paired):
+    def plan(self, call, state) -> Plan:
+        shared: MixShared = call.shared
+        if call.role == "uncond":
+            return self._uncond_plan(call.agreed or "full", call)
+        if call.role == "other":  # a third stream: not a CFG branch MixCache knows
+            return self._full_plan(call, batch=False)
+        batched = call.role == "batched"
+        mode = self._decide(call, shared, batched or shared.cfg_seen)
+        if mode != "full" and not self._has(call, mode):
             mode = "full"
-        shared.mode[call.step] = mode
         shared.previous = mode
         if mode == "full":
-            return self._full_plan(state, batch=call.paired)
+            return self._full_plan(call, batch=batched)
         if mode == "step":
             return Plan(reuse=frozenset({OUTPUT}), label="step")
-        half = call.paired
         if mode == "cfg":
-            if half:
-                return Plan(write=frozenset({OUTPUT}), measure=self._measure(state, (OUTPUT,)), scales=(1.0, 1.0),
+            if batched:
+                return Plan(write=frozenset({OUTPUT}), measure=self._measure(call, (OUTPUT,)), scales=(1.0, 1.0),
                             half=True, label="cfg")
-            return self._computed_plan(state, frozenset(), "cfg")
+            return self._computed_plan(call, frozenset(), "cfg")
         i = int(mode.split("@")[1])
         reuse = frozenset({self.streams[i]})
-        if half:
-            return Plan(reuse=reuse, write=frozenset({OUTPUT}), measure=self._measure(state, (OUTPUT,)),
+        if batched:
+            return Plan(reuse=reuse, write=frozenset({OUTPUT}), measure=self._measure(call, (OUTPUT,)),
                         scales=(1.0, 1.0), half=True, label=mode)
-        return self._computed_plan(state, reuse, mode, after=i)
+        return self._computed_plan(call, reuse, mode, after=i)
 
-    def _has(self, state: MixState, mode: str, paired: bool) -> bool:
+    def _has(self, call, mode: str) -> bool:
         """This stream holds what `mode` reads (a stream that started over after non-finite values may not)."""
         if mode == "step":
-            return OUTPUT in state.written
-        if paired and CFG_BATCH not in state.written:
+            return call.cached(OUTPUT) > 0
+        if call.role == "batched" and not call.cached(CFG_BATCH):
             return False
-        return mode == "cfg" or self.streams[int(mode.split("@")[1])] in state.written
+        return mode == "cfg" or call.cached(self.streams[int(mode.split("@")[1])]) > 0
 
-    def _measure(self, state: MixState, sites, metric: str = "rel_l1") -> frozenset:
-        return frozenset((s, metric) for s in sites if s in state.written)
+    @staticmethod
+    def _measure(call, sites, metric: str = "rel_l1") -> frozenset:
+        return frozenset((s, metric) for s in sites if call.cached(s))
 
-    def _computed_plan(self, state: MixState, reuse: frozenset, label: str, after: int = 0) -> Plan:
+    def _computed_plan(self, call, reuse: frozenset, label: str, after: int = 0) -> Plan:
         """The cond branch computed (from unit `after` on when a block prefix is reused)."""
         streams = [s for i, s in self.streams.items() if i > after]
         write = frozenset({OUTPUT, *streams})
-        return Plan(reuse=reuse, write=write, measure=self._measure(state, (OUTPUT, *streams)), label=label)
+        return Plan(reuse=reuse, write=write, measure=self._measure(call, (OUTPUT, *streams)), label=label)
 
-    def _full_plan(self, state: MixState, batch: bool) -> Plan:
+    def _full_plan(self, call, batch: bool) -> Plan:
         streams = list(self.streams.values())
         write = {OUTPUT, FULL_OUTPUT, *streams}
-        measure = set(self._measure(state, (OUTPUT, FULL_OUTPUT, *streams)))
+        measure = set(self._measure(call, (OUTPUT, FULL_OUTPUT, *streams)))
         if batch and self.allowed & {"cfg", "block"}:
             write.add(CFG_BATCH)
             measure.add((OUTPUT, "cfg_rel_l1"))
         return Plan(write=frozenset(write), measure=frozenset(measure), label="full")
 
-    def _uncond_plan(self, mode: str, state: MixState, peer: str) -> Plan:
-        if mode == "step" and OUTPUT in state.written:
+    def _uncond_plan(self, mode: str, call) -> Plan:
+        peer = call.peer
+        if mode == "step" and call.cached(OUTPUT):
             return Plan(reuse=frozenset({OUTPUT}), label="step")
-        if mode not in ("full", "step") and CFG in state.written:
+        if mode not in ("full", "step") and call.cached(CFG):
             return Plan(reuse=frozenset({CFG}), write=frozenset({OUTPUT}), scales=(1.0, 1.0), peer=peer, label=mode)
         if "cfg" in self.allowed or "block" in self.allowed:
             return Plan(write=frozenset({OUTPUT, CFG}), measure=frozenset({(OUTPUT, "peer_rel_l1")}), peer=peer,
                         label="full")
         return Plan(write=frozenset({OUTPUT}), label="full")
 
-    def observe(self, call, state: MixState, measured: dict, plan: Plan) -> None:
-        state.written |= plan.write
-        shared: MixShared = call.shared.setdefault("mixcache", MixShared())
+    def observe(self, call, state, plan: Plan) -> None:
+        shared: MixShared = call.shared
+        measured = call.measured
         if (OUTPUT, "peer_rel_l1") in measured or (OUTPUT, "cfg_rel_l1") in measured:
-            call.shared["cfg_seen"] = True
+            shared.cfg_seen = True
             shared.d["cfg"] = measured.get((OUTPUT, "peer_rel_l1"), measured.get((OUTPUT, "cfg_rel_l1")))
-        if call.stream in UNCOND and not call.paired:
+        if call.role == "uncond":
             return
         if (OUTPUT, "rel_l1") in measured:
             shared.d["step"] = measured[(OUTPUT, "rel_l1")]

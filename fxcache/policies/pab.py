@@ -13,12 +13,11 @@ off by default). `None` turns an attention type off. Timesteps are on the 0-1000
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..families import family
 from ..passes.modules import sites_with
 from ..plan import Plan
-from .base import Param, Policy, Unsupported, timestep_1000
+from .base import Param, Policy, Unsupported
+from .schedule import Schedule, window_ok
 
 PRESETS = {  # family -> (spatial, temporal, cross, window)
     "latte": (2, 3, 6, (100.0, 800.0)),
@@ -27,17 +26,6 @@ PRESETS = {  # family -> (spatial, temporal, cross, window)
 }
 GENERIC = (2, 4, 6, (100.0, 800.0))
 _AUTO = -1
-
-
-def _window_ok(v) -> bool:
-    return v is None or (isinstance(v, (list, tuple)) and len(v) == 2
-                         and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and v[0] < v[1])
-
-
-@dataclass
-class PABState:
-    calls: int = 0
-    first_t: float | None = None
 
 
 class PAB(Policy):
@@ -51,7 +39,7 @@ class PAB(Policy):
         "cross_range": Param(_AUTO, int, "broadcast range of cross-attention",
                              lambda v: v == _AUTO or v >= 1, ">= 1, None or -1 (preset)", optional=True),
         "window": Param(None, (list, tuple), "timestep window (lo, hi) where attention is broadcast (None: preset)",
-                        _window_ok, "(lo, hi) with lo < hi, or None", optional=True),
+                        window_ok, "(lo, hi) with lo < hi, or None", optional=True),
     }
 
     def bind(self, d) -> None:
@@ -70,22 +58,13 @@ class PAB(Policy):
         self.window = tuple(self.window) if self.window is not None else preset[3]
         if not ranges:
             raise Unsupported("no attention module of a broadcast type found inside the blocks")
-        self.ranges = ranges
+        # Each attention type is computed on every r-th call of its stream inside the window (the first call too).
+        self.schedules = {sites: Schedule(r, warmup=1, window=self.window) for sites, r in ranges.items()}
         self.all_sites = frozenset().union(*ranges)
-        self._plans: dict = {}
+        self.any_site = min(self.all_sites, key=str)
 
-    def new_state(self) -> PABState:
-        return PABState()
-
-    def plan(self, call, state: PABState) -> Plan:
-        i = state.calls
-        state.calls += 1
-        t = timestep_1000(call, state)
-        inside = t is not None and self.window[0] < t < self.window[1]
-        reuse = frozenset() if i == 0 or not inside else frozenset().union(
-            *(sites for sites, r in self.ranges.items() if i % r != 0))
-        plan = self._plans.get(reuse)
-        if plan is None:
-            plan = self._plans[reuse] = Plan(reuse=reuse, write=self.all_sites - reuse,
-                                             label="broadcast" if reuse else "full")
-        return plan
+    def plan(self, call, state) -> Plan:
+        reuse = frozenset()
+        if call.cached(self.any_site):
+            reuse = reuse.union(*(sites for sites, s in self.schedules.items() if not s.due(call.index, call.t)))
+        return Plan(reuse=reuse, write=self.all_sites - reuse, label="broadcast" if reuse else "full")

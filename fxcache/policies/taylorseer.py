@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from ..passes.modules import sites_with
 from ..plan import Plan
 from . import forecast
-from .base import Param, Policy, Unsupported, non_negative, positive
+from .base import Param, Policy, Unsupported, positive
+from .budget import warmup_param
+from .schedule import Schedule
 
 
 @dataclass
@@ -29,7 +31,7 @@ class TaylorSeer(Policy):
     params = {
         "interval": Param(5, int, "a computed step every this many steps after warm-up", positive, ">= 1"),
         "order": Param(1, int, "order of the Taylor expansion", lambda v: 0 <= v <= 4, "0..4"),
-        "warmup_steps": Param(3, int, "steps always computed at the start", non_negative, ">= 0"),
+        "warmup_steps": warmup_param(3),
     }
 
     def bind(self, d) -> None:
@@ -37,6 +39,8 @@ class TaylorSeer(Policy):
         if not sites:
             raise Unsupported("no attention or MLP module found inside the blocks")
         self.sites = sites
+        self.any_site = min(sites, key=str)  # all are written together
+        self.schedule = Schedule(self.interval, offset=self.warmup_steps + 1, warmup=self.warmup_steps)
         self.compute = Plan(write=sites, label="full")
 
     def new_state(self) -> TaylorState:
@@ -46,8 +50,8 @@ class TaylorSeer(Policy):
         return self.order + 1
 
     def plan(self, call, state: TaylorState) -> Plan:
-        i = call.step - 1
-        if not state.computed or i < self.warmup_steps or (i - self.warmup_steps - 1) % self.interval == 0:
+        i = call.index
+        if not call.cached(self.any_site) or self.schedule.due(i):
             state.computed = [i, *state.computed][: self.order + 1]
             return self.compute
         weights = forecast.taylor(state.computed, i, self.order)

@@ -23,6 +23,7 @@ import numpy as np
 from ..families import family
 from ..plan import Plan, Site, Stop, residual
 from .base import Param, Policy, Unsupported, finite_reals, non_negative
+from .budget import LIMITS, BudgetState, ErrorBudget, warmup_param
 from .forecast import StepForecast
 
 # (coefficients c4..c0, indicator they were fitted for), from TeaCache's repository.
@@ -45,8 +46,7 @@ def _coefficients_ok(v) -> bool:
 
 @dataclass
 class TeaState:
-    acc: float = 0.0
-    has_ref: bool = False  # a computed step has written the stack's residual and the indicator
+    budget: BudgetState = field(default_factory=ErrorBudget.new)
     estimate: float | None = None  # "output" indicator: last measured per-step change
     previous_computed: int = 0
     computed: list = field(default_factory=list)  # steps whose stack residual was written, newest first
@@ -57,13 +57,23 @@ class TeaCache(StepForecast, Policy):
     params = {
         **StepForecast.PARAMS,
         "threshold": Param(0.1, float, "accumulated rescaled change that triggers a computed step (paper: 0.1 "
-                           "slow, 0.2 fast)", non_negative, ">= 0"),
+                           "slow, 0.2 fast)", non_negative, ">= 0", aliases=("rel_l1_thresh",)),
         "indicator": Param("modulated_input", str, "what to measure", lambda v: v in INDICATORS,
                            " | ".join(INDICATORS)),
         "coefficients": Param("auto", (str, list, tuple), "rescaling polynomial, highest degree first",
                               _coefficients_ok, "'auto', 'identity' or a non-empty list of finite floats"),
-        "warmup_steps": Param(1, int, "steps always computed at the start", non_negative, ">= 0"),
+        "warmup_steps": warmup_param(1, "steps always computed at the start (at least the first)"),
+        **LIMITS,
     }
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.make_budget()
+
+    def make_budget(self) -> None:
+        self.budget = ErrorBudget(self.threshold, warmup_steps=max(1, self.warmup_steps), force_last=True,
+                                  max_consecutive_skips=self.max_consecutive_skips,
+                                  max_cached_steps=self.max_cached_steps)
 
     def bind(self, d) -> None:
         self.stack = residual(0, d.num_units)
@@ -90,52 +100,59 @@ class TeaCache(StepForecast, Policy):
             self.poly = np.poly1d(list(self.coefficients))
         self.family = fam
         self.compute = Plan(write=frozenset({self.stack, self.site}), label="full")
+        self.compute_measured = Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}),
+                                     label="full")
         if self.indicator != "output":
-            self._full_continuation = Plan(write=frozenset({self.stack}), start=self.stop, label="full")
+            self.full_continuation = Plan(write=frozenset({self.stack}), start=self.stop, label="full")
 
     def new_state(self) -> TeaState:
         return TeaState()
 
-    def _forced(self, call) -> bool:
-        return call.step <= max(1, self.warmup_steps) or call.is_last
-
     def plan(self, call, state: TeaState) -> Plan:
-        if self._forced(call) or not state.has_ref:  # also after the runtime cleared a non-finite cache
-            state.acc = 0.0
-            first, state.has_ref = not state.has_ref, True
-            return self._computed(call, state, first=first)
-        if self.indicator == "output":
-            if state.estimate is None:  # no two computed outputs yet: nothing to extrapolate the change from
-                return self._computed(call, state)
-            state.acc += state.estimate
-            if state.acc < self.threshold:
-                return self.skipped(call, state, frozenset({self.stack}), label="skip")
-            state.acc = 0.0
+        if self.budget.forced(call) or not call.cached(self.stack):  # also after the runtime dropped a cache
+            self.budget.computed(state.budget)
             return self._computed(call, state)
-        # The guess: "skip" (a wrong one wastes only the suffix), unless the step cannot skip (a wrong "full" guess
-        # would waste the whole stack).
-        guess = (self.computed_plan(self._full_continuation) if self.threshold <= 0
-                 else self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip"))
+        if self.indicator == "output":
+            estimate = self.estimate(call, state)
+            if estimate is None:  # no two computed outputs yet: nothing to extrapolate the change from
+                return self._computed(call, state)
+            if self._skips(call, state, estimate):
+                return self.skipped(call, state, self.forecastable, label="skip")
+            return self._computed(call, state)
+        guess = (self._skip(call, state) if self.budget.can_skip(state.budget)[0]
+                 else self.computed_plan(self.full_continuation))
         return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
                     label="probe", then=guess)
 
-    def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
-        if self.indicator == "output" and not first:
-            return self.computed(call, state, Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}),
-                                                   label="full"))
-        return self.computed(call, state, self.compute)
+    def estimate(self, call, state: TeaState) -> float | None:
+        """The "output" indicator's change estimate for this step."""
+        return state.estimate
 
-    def decide(self, call, state: TeaState, measured: dict) -> Plan:
-        state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
-        if state.acc < self.threshold:
-            return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
-        state.acc = 0.0
-        return self.computed(call, state, self._full_continuation)
+    def budget_of(self, call, state: TeaState) -> BudgetState:
+        return state.budget
 
-    def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:
+    def _skips(self, call, state: TeaState, error: float) -> bool:
+        """Whether this step is cached: the budget's decision, or the step's first call's under `joint`."""
+        if self.joint and call.agreed is not None:
+            return call.agreed == "skip"
+        return bool(self.budget.decide(self.budget_of(call, state), error)[0])
+
+    def _computed(self, call, state: TeaState) -> Plan:
+        plan = self.compute_measured if self.indicator == "output" and call.cached(self.site) else self.compute
+        return self.computed(call, state, plan)
+
+    def _skip(self, call, state: TeaState) -> Plan:
+        return self.skipped(call, state, self.forecastable, start=self.stop, label="skip")
+
+    def decide(self, call, state: TeaState) -> Plan:
+        if self._skips(call, state, float(self.poly(call.measured[(self.site, "rel_l1")]))):
+            return self._skip(call, state)
+        return self.computed(call, state, self.full_continuation)
+
+    def observe(self, call, state: TeaState, plan: Plan) -> None:
         if plan.label != "full":
             return
-        if self.indicator == "output" and (self.site, "rel_l1") in measured:
+        if self.indicator == "output" and (self.site, "rel_l1") in call.measured:
             gap = max(1, call.step - state.previous_computed)
-            state.estimate = float(self.poly(measured[(self.site, "rel_l1")] / gap))
+            state.estimate = float(self.poly(call.measured[(self.site, "rel_l1")] / gap))
         state.previous_computed = call.step

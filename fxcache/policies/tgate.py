@@ -14,10 +14,12 @@ pipeline, not the backend, combines the branches.
 
 from __future__ import annotations
 
+import math
+
 from ..passes.modules import sites_with
 from ..plan import Plan
 from .base import Param, Policy, Unsupported, non_negative, positive
-from .fora import ScheduleState
+from .schedule import Schedule
 
 
 class TGate(Policy):
@@ -27,7 +29,8 @@ class TGate(Policy):
         "gate_step": Param(10, int, "0-based step from which cross-attention is reused", positive, ">= 1"),
         "sp_interval": Param(5, int, "self-attention refresh interval before the gate step", positive, ">= 1"),
         "fi_interval": Param(1, int, "self-attention refresh interval after the gate step", positive, ">= 1"),
-        "warm_up": Param(2, int, "steps whose self-attention is always computed", non_negative, ">= 0"),
+        "warm_up": Param(2, int, "the last 0-based step whose self-attention is always computed (T-GATE's name "
+                         "and meaning: steps 0..warm_up)", non_negative, ">= 0"),
     }
 
     def bind(self, d) -> None:
@@ -35,25 +38,18 @@ class TGate(Policy):
         self.self_ = frozenset(sites_with(d, ("attn",)))
         if not self.cross and not self.self_:
             raise Unsupported("no attention module found inside the blocks")
-        self._plans: dict = {}
+        self.any_site = min(self.cross | self.self_, key=str)
+        g = self.gate_step
+        self.cross_schedule = Schedule(None, steps=(g, math.inf))  # reused from the gate step on
+        self.self_before = Schedule(self.sp_interval, warmup=self.warm_up + 1, steps=(0, g))
+        self.self_after = Schedule(self.fi_interval, steps=(g, math.inf))
 
-    def new_state(self) -> ScheduleState:
-        return ScheduleState()
-
-    def plan(self, call, state: ScheduleState) -> Plan:
-        i = call.step - 1
-        reuse = set()
-        if not state.written:
-            state.written = True
-        elif i >= self.gate_step:
-            reuse |= self.cross
-            if i % self.fi_interval != 0:
+    def plan(self, call, state) -> Plan:
+        i = call.index
+        reuse = frozenset()
+        if call.cached(self.any_site):
+            if not self.cross_schedule.due(i):
+                reuse |= self.cross
+            if not (self.self_before.due(i) and self.self_after.due(i)):
                 reuse |= self.self_
-        elif i > self.warm_up and i % self.sp_interval != 0:
-            reuse |= self.self_
-        reuse = frozenset(reuse)
-        plan = self._plans.get(reuse)
-        if plan is None:
-            plan = self._plans[reuse] = Plan(reuse=reuse, write=(self.cross | self.self_) - reuse,
-                                             label="reuse" if reuse else "full")
-        return plan
+        return Plan(reuse=reuse, write=(self.cross | self.self_) - reuse, label="reuse" if reuse else "full")

@@ -79,7 +79,8 @@ class StreamState:
     pending: dict = field(default_factory=dict)  # Site -> 0-dim bool tensor: were the newest values finite?
     policy: Any = None  # the policy's own per-stream state
     shapes: tuple = ()
-    paired: bool | None = None  # the batch is [uncond; cond] (executor.Call.paired); None: not looked at yet
+    paired: bool | None = None  # the batch is [uncond; cond] (Call role "batched"); None: not looked at yet
+    first_t: float | None = None  # the stream's first timestep: tells a 0-1 scale from a 0-1000 one
 
     def store(self, site, values, finite=None, depth: int = 1) -> None:
         """Make `values` slot 0 of `site`, keeping at most `depth` slots. The oldest slot's buffers take the new
@@ -117,6 +118,24 @@ def _same(a, b) -> bool:
             and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
 
 
+class Joint:
+    """A joint policy's per-generation state (Call.shared) and the decision of the current step's first call
+    (Call.agreed): the one mechanism by which the streams of a generation (the CFG branches) take one decision
+    per step."""
+
+    __slots__ = ("shared", "step", "label", "made")
+
+    def __init__(self, shared) -> None:
+        self.shared, self.step, self.label, self.made = shared, None, None, False
+
+    def agreed(self, step: int) -> str | None:
+        return self.label if self.step == step else None
+
+    def decided(self, step: int, label: str) -> None:
+        if self.step != step:
+            self.step, self.label = step, label
+
+
 class Streams:
     """The streams of one model instance in one thread, and its generations."""
 
@@ -132,7 +151,7 @@ class Streams:
 
     def reset(self) -> None:
         self.states.clear()
-        self.shared: dict = {}  # what the policy keeps per generation across streams (executor.Call.shared)
+        self.joint = Joint(None)
         self.last_t: float | None = None
         self._direction = 0  # -1: timesteps fall (1000 -> 0), +1: they rise; 0: not known yet
         self._position = 0
@@ -210,7 +229,7 @@ class Streams:
             new = True
         if new:
             self.states.clear()
-            self.shared = {}
+            self.joint = Joint(None)
             self._equal.clear()
             self._direction = move = 0
         elif move and not self._direction:

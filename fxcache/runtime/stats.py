@@ -10,7 +10,7 @@ DECISION_LOG = 256  # decision records kept per model instance (engine option `d
 
 @dataclass
 class Stats:
-    calls: int = 0  # calls of the compiled graphs (all graphs of the model)
+    calls: int = 0  # compiled variants run (a probe whose guess was wrong and its continuation: two)
     steps: int = 0  # calls of a graph that holds the blocks (one per denoising step and stream)
     full_steps: int = 0  # ... that ran every block
     skipped_steps: int = 0  # ... that reused cached work for some blocks
@@ -30,6 +30,30 @@ class Stats:
     # The most recent decisions (a bounded log; a list in fxcache.stats' snapshot): step, stream, decision,
     # distance, blocks computed, sites (in-block values reused or forecast, and forecast residuals).
     decisions: deque | list = field(default_factory=lambda: deque(maxlen=DECISION_LOG))
+
+    def count(self, call, plan, computed: int, units: int, runs: int, right: bool | None,
+              new_generation: bool) -> None:
+        """Count one call: its final `plan`, the block units it `computed` of `units`, the variants it ran, whether
+        its speculative guess was right (None: no guess)."""
+        reused = sum(1 for x in plan.reuse if x.kind == "module") if plan.reuse else 0
+        if right is not None:
+            self.guesses_right += right
+            self.guesses_wrong += not right
+        self.calls += runs
+        self.steps += 1
+        self.generations += new_generation
+        self.blocks_computed += computed
+        self.blocks_skipped += units - computed
+        self.sites_reused += reused
+        self.sites_forecast += len(plan.forecast)
+        self.cfg_reused += plan.rebuilds
+        if computed >= units:
+            self.full_steps += 1
+        else:
+            self.skipped_steps += 1
+        self.record({"step": call.step, "stream": call.stream, "decision": plan.label,
+                     "distance": next(iter(call.measured.values()), None), "blocks": computed,
+                     "sites": reused + len(plan.forecast)})
 
     def record(self, entry: dict) -> None:
         self.decisions.append(entry)

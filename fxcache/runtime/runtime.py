@@ -1,18 +1,13 @@
 """The runtime: what the backend returns to Dynamo. Per call it finds the model instance and this thread's streams,
-resolves the stream, asks the policy for a plan, runs the plan's compiled variant (a probe first, then the
-continuation, when the policy needs this step's data), stores written sites into the stream's cache and counts
-what happened. It decides nothing itself.
-
-Non-finite values never stay in a cache: every written site comes with a finiteness flag computed inside the
-variant. The flags are read with the distance a probe reads anyway, or, for plans that reuse without probing,
-just before the first reuse of what they flag. A site that was not finite is dropped (the stream starts over:
-its next step computes), and a non-finite distance reaches the policy as NaN, which every policy treats as
-"compute".
+resolves the stream, fills in the `Call` its policy sees, asks the policy for a plan, runs the plan's compiled
+variant (a probe first, fused with its guessed continuation where it can: speculation.py; then the decided
+continuation where the guess was wrong), stores written sites into the stream's cache (guard.py keeps what is not
+finite out) and counts what happened. It decides nothing itself; for a joint policy it hands the decision of the
+step's first call to the step's other calls (`Call.agreed`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import replace
 
@@ -20,13 +15,16 @@ import torch
 
 from ..passes.discover import is_param_like
 from ..plan import CFG_BATCH, Plan
+from .calls import make_call
 from .cudagraphs import Graphed
+from .guard import NonFiniteGuard
 from .halfbatch import HalfBatch
 from .instances import Instances
+from .speculation import Speculation
 from .state import Clock, Streams, StreamState
 from .stats import DECISION_LOG
 from .variants import VariantCache
-
+from .wiring import Wiring
 
 def _paired(x) -> bool:
     """Whether batch `x` is two equal halves (a batched-CFG call: the same latent for uncond and cond)."""
@@ -36,45 +34,8 @@ def _paired(x) -> bool:
     return bool(torch.equal(a, b))
 
 
-class Call:
-    """What a policy may know about the current call."""
-
-    __slots__ = ("step", "stream", "timestep", "num_steps", "paired", "shared")
-
-    def __init__(self, step: int, stream: str, timestep: float | None, num_steps: int | None,
-                 paired: bool = False, shared: dict | None = None) -> None:
-        self.step, self.stream, self.timestep, self.num_steps = step, stream, timestep, num_steps
-        # State the streams of one generation share (a policy that decides per step for both CFG branches keeps
-        # its decision here); cleared with the generation, like the streams' own states.
-        self.shared = {} if shared is None else shared
-        # The batch is [uncond; cond] (both halves of the latent input equal, as batched-CFG pipelines call the
-        # model) and the cond half can run alone (Plan.half); looked at only for policies with `batched_cfg`,
-        # once per generation.
-        self.paired = paired
-
-    @property
-    def is_last(self) -> bool:
-        return self.num_steps is not None and self.step >= self.num_steps
-
-
 def _as_is(x):
     return x
-
-
-class Wiring:
-    """How a variant's inputs are gathered, precomputed from its input keys (specialize orders them: graph inputs,
-    probe values, cached values, weights), so that a call builds its input list with a few comprehensions."""
-
-    __slots__ = ("args", "vals", "cached", "constants")
-
-    def __init__(self, keys: list[tuple]) -> None:
-        self.args = [k[1] for k in keys if k[0] == "arg"]
-        self.vals = [k[1] for k in keys if k[0] == "val"]
-        self.cached = [k for k in keys if k[0] in ("cache", "peer")]
-        self.constants = [k[0] for k in keys if k[0] in ("coef", "scales")]
-        if [k for k in keys] != ([("arg", i) for i in self.args] + [("val", v) for v in self.vals] + self.cached
-                                 + [(c,) for c in self.constants]):
-            raise RuntimeError("fxcache: variant inputs are not in gathering order (passes/specialize.py)")
 
 
 class Runtime:
@@ -101,8 +62,8 @@ class Runtime:
         self.half: HalfBatch | None = None
         self._trims: dict = {}  # (plan, sites a probe produced) -> the plan without them
         self._constants: dict = {}  # (weights, device) -> their float32 tensor
-        self._fusions: dict = {}  # id(probe) -> (probe, its fused plan)
-        self.speculate = speculate
+        self.speculation = Speculation() if speculate else None
+        self.guard = NonFiniteGuard()
         self.why_no_half: str | None = "not recorded"
 
     def reset(self) -> None:
@@ -130,20 +91,21 @@ class Runtime:
             # stream would exist by now): a batch of two separate prompts with equal latents is not CFG.
             st.paired = (self.policy.batched_cfg and len(streams.states) == 1 and self.discovery.hidden is not None
                          and _paired(args[self.discovery.hidden]) and self._half_ready(args))
-        call = Call(st.step, st.name, streams.last_t, self.num_steps, bool(st.paired) and len(streams.states) == 1,
-                    streams.shared)
+        call = make_call(st, streams, self.policy, self.num_steps)
         plan = self.policy.plan(call, st.policy)
-        if plan.half and not st.paired:
+        if plan.half and call.role != "batched":
             raise RuntimeError(f"fxcache: policy {self.policy.name} planned a cond-half call on a call that is not "
                                f"a batched-CFG one")
         unread = [s for s in (*plan.reuse, *plan.forecast) if s in st.pending] if st.pending else ()
-        if unread and self._settle(st, unread, inst):
-            plan = self.policy.plan(call, st.policy)  # the stream started over: its policy plans afresh
+        if unread and self.guard.settle(st, unread, inst):
+            st.policy = self.policy.new_state()  # the stream started over: its policy plans afresh
+            plan = self.policy.plan(call, st.policy)
         values: dict = {}
         scratch: dict = {}
-        measured: dict = {}
-        fusion = self._fused(plan) if self.speculate and plan.then is not None else None
+        measured = call.measured
+        fusion = self.speculation.fused(plan) if self.speculation is not None and plan.then is not None else None
         guess = plan.then if fusion is not None else None
+        runs = 1
         if guess is not None:  # probe and guessed continuation in one variant; its writes wait for the decision
             outputs, fused = self._run(fusion[0], args, st, values, scratch, measured, inst, streams,
                                        store=plan.write)
@@ -152,12 +114,13 @@ class Runtime:
         else:
             outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
             computed = variant.units_computed
+        right = None
         if plan.stop is not None:
             probe = plan
-            plan = self.policy.decide(call, st.policy, measured)
+            plan = self.policy.decide(call, st.policy)
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
-            right = guess is not None and plan.same_as(guess)
+            right = guess is not None and plan == guess
             if right:
                 self._store(plan, {**scratch, **spec}, st, plan.write - probe.write)
             else:
@@ -165,9 +128,13 @@ class Runtime:
                     computed = fused.units_probe  # the guess's part of the fused variant is thrown away
                 outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
                 computed += variant.units_computed
-        self.policy.observe(call, st.policy, measured, plan)
-        self._count(inst, streams.generation != generation, call, plan, computed, measured,
-                    None if guess is None else right)
+                runs += 1
+        if self.policy.joint:
+            streams.joint.decided(call.step, plan.label)
+        self.policy.observe(call, st.policy, plan)
+        with inst.lock:
+            inst.stats.count(call, plan, computed, self.discovery.num_units, runs, None if guess is None else right,
+                             streams.generation != generation)
         return outputs
 
     def _half_ready(self, args) -> bool:
@@ -182,26 +149,6 @@ class Runtime:
     def _variants_of(self, gm, d) -> VariantCache:
         return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.cudagraphs)
 
-    def _settle(self, st: StreamState, sites, inst) -> bool:
-        """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
-        and policy state are cleared, so the policy's next plan computes. Returns whether it started over."""
-        flags = torch.stack([st.pending.pop(s) for s in sites]).tolist()
-        bad = [s for s, ok in zip(sites, flags) if not ok]
-        if not bad:
-            return False
-        self._poisoned(st, bad, inst)
-        st.cache.clear()
-        st.pending.clear()
-        st.policy = self.policy.new_state()
-        return True
-
-    def _poisoned(self, st: StreamState, sites, inst) -> None:
-        with inst.lock:
-            inst.stats.not_cached += len(sites)
-        self._warn_once(f"fxcache: a computed step of stream {st.name!r} produced non-finite values (NaN or inf) "
-                        f"in {', '.join(map(str, sites))}; they were not cached and the next step computes "
-                        f"(warned once; fxcache.stats(model).not_cached counts them)", key="non-finite")
-
     def _trimmed(self, plan: Plan, scratch: dict) -> Plan:
         """`plan` without the written sites a probe already produced (they are stored from the probe's values)."""
         if not scratch:
@@ -214,18 +161,6 @@ class Runtime:
         if trimmed is None:
             trimmed = self._trims[key] = replace(plan, write=plan.write - done)
         return trimmed
-
-    def _fused(self, probe: Plan) -> tuple[Plan, tuple] | None:
-        """(`probe.fused()`, the scratch keys of the guess's own writes), or None where the probe and its guess cannot
-        be fused; made once per probe object (policies hand out the same probe object for the same guess)."""
-        hit = self._fusions.get(id(probe))
-        if hit is None or hit[0] is not probe:
-            if len(self._fusions) >= 64:  # probes made afresh each call (forecast weights): bounded
-                self._fusions.clear()
-            own = probe.then.write - probe.write
-            fusion = (probe.fused(), (*own, *(("fin", s) for s in own))) if probe.fusable() else None
-            hit = self._fusions[id(probe)] = (probe, fusion)
-        return hit[1]
 
     def _constant(self, kind: str, plan: Plan, device) -> torch.Tensor:
         """The forecast weights / band scales of `plan` as a float32 tensor on `device`, made once per value."""
@@ -289,19 +224,7 @@ class Runtime:
             elif kind == "reads":
                 reads = (key[1], r)
         if reads is not None:
-            # One host read for the policy's distances and the pending finiteness flags of this stream.
-            keys, vector = reads
-            flagged = list(st.pending)
-            if flagged:
-                vector = torch.cat([vector, torch.stack([st.pending.pop(s) for s in flagged]).float()])
-            got = vector.tolist()
-            bad = [s for s, ok in zip(flagged, got[len(keys):]) if not ok]
-            for key, v in zip(keys, got):
-                measured[key] = v if math.isfinite(v) and not bad else math.nan
-            if bad:
-                self._poisoned(st, bad, inst)
-                for s in bad:
-                    st.drop(s)
+            self.guard.read(st, reads[0], reads[1], measured, inst)
         self._store(plan, scratch, st, plan.write if store is None else store)
         return (tuple(outs) if plan.stop is None else None), variant
 
@@ -313,28 +236,3 @@ class Runtime:
             if halves and site.kind == "module":
                 site_values = [self.half.site(site, j, v) for j, v in enumerate(site_values)]
             st.store(site, site_values, scratch.get(("fin", site)), self.policy.depth(site))
-
-    def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict,
-               right: bool | None) -> None:
-        total = self.discovery.num_units
-        dist = next(iter(measured.values()), None)
-        reused = sum(1 for x in plan.reuse if x.kind == "module") if plan.reuse else 0
-        with inst.lock:
-            s = inst.stats
-            if right is not None:
-                s.guesses_right += right
-                s.guesses_wrong += not right
-            s.calls += 1
-            s.steps += 1
-            s.generations += new_generation
-            s.blocks_computed += computed
-            s.blocks_skipped += total - computed
-            s.sites_reused += reused
-            s.sites_forecast += len(plan.forecast)
-            s.cfg_reused += plan.rebuilds
-            if computed >= total:
-                s.full_steps += 1
-            else:
-                s.skipped_steps += 1
-            s.record({"step": call.step, "stream": call.stream, "decision": plan.label,
-                      "distance": dist, "blocks": computed, "sites": reused + len(plan.forecast)})
