@@ -11,8 +11,11 @@ Models: "reference" is the reference Wan architecture (bench/reference) with its
 is a 3-block Wan (the one of tests/zoo.py) on one thread, where compute is close to nothing, so the figures are
 the runtime's own cost per call.
 
-FBCache is used for the cached steps: threshold 0 makes every step a full one (probe + decision + continuation),
-a huge threshold makes every step after the first a skipped one (probe + decision + cached residual + suffix). The
+FBCache is used for the cached steps: a threshold just above 0 makes every step a full one the realistic way (the
+probe guesses "skip", as it does whenever the step may skip, the guess is wrong, its suffix is thrown away and the
+full continuation runs: probe + cached-residual suffix + continuation), threshold 0 the cheapest full step (no step
+can skip, so the guess is "full" and right: one variant), a huge threshold makes every step after the first a
+skipped one (probe + decision + cached residual + suffix). The
 ideal skipped step is the same computation with no runtime at all: prefix, first block, distance and suffix with
 the cached residual as an input, compiled as ONE graph and called directly (what a hand-written skipped step would
 cost; it makes no decision). Compile time is reported separately.
@@ -110,6 +113,8 @@ def methods_for(model, compiler: str) -> dict:
         "inductor": torch.compile(model, fullgraph=True, backend=plain),
         "fxcache none": torch.compile(model, fullgraph=True, backend=fxcache.backend(policy="none", compiler=compiler)),
         "fxcache full step": torch.compile(model, fullgraph=True, backend=fxcache.backend(
+            policy="fbcache", threshold=1e-12, compiler=compiler)),
+        "fxcache full step (threshold 0)": torch.compile(model, fullgraph=True, backend=fxcache.backend(
             policy="fbcache", threshold=0.0, compiler=compiler)),
         "fxcache skipped step": torch.compile(model, fullgraph=True, backend=fxcache.backend(
             policy="fbcache", threshold=1e9, compiler=compiler)),
@@ -143,7 +148,7 @@ def main(argv=None) -> dict:
 
     import fxcache
 
-    torch._dynamo.reset()  # five compiled versions of one forward below: none left over from earlier runs
+    torch._dynamo.reset()  # several compiled versions of one forward below: none left over from earlier runs
     model, x, emb = (build_tiny if tiny else build_reference)(args.batch)
     compiler = "eager" if args.quick else "inductor"
     methods = methods_for(model, compiler)
@@ -180,10 +185,16 @@ def main(argv=None) -> dict:
         targets.append({"row": row, "vs": ref, "bound": bound, "ratio_median": statistics.median(ratios),
                         "ratio_min": min(ratios), "ratio_max": max(ratios),
                         "met": statistics.median(ratios) <= bound})
-    skipped = fxcache.stats(methods["fxcache skipped step"])
+    # Every method compiles the same module, so fxcache.stats(module) would add them up: each row's own runtime
+    by_threshold = {r.policy.threshold: r for r in fxcache.runtimes_of(model) if r.policy.name == "fbcache"}
+    skipped, full = fxcache.stats(by_threshold[1e9]), fxcache.stats(by_threshold[1e-12])
+    if full.skipped_steps or not full.guesses_wrong:  # the row must be what it says: wrong guesses, no skips
+        raise RuntimeError(f"bench.overhead: the realistic full step skipped {full.skipped_steps} steps and "
+                           f"guessed wrong {full.guesses_wrong} times")
     result = {"machine": machine(), "model": args.model, "batch": args.batch, "repeats": args.repeats,
               "calls": args.calls, "compiler": compiler, "rows": rows, "targets": targets,
               "skipped_step_blocks": {"computed": skipped.blocks_computed, "skipped": skipped.blocks_skipped},
+              "full_step_guesses": {"right": full.guesses_right, "wrong": full.guesses_wrong},
               "date": time.strftime("%Y-%m-%d")}
     table = ["| method | ms/call (median) | min-max | vs Inductor | first 3 calls (compile) s |",
              "|---|---|---|---|---|"]
