@@ -242,7 +242,7 @@ class Runtime:
              streams: Streams, store: frozenset | None = None):
         """Run `plan`'s variant; store the sites it writes (those in `store` where given)."""
         run_plan = self._trimmed(plan, scratch)
-        variants, half = self.variants, self.half if plan.half else None
+        variants, half = self.variants, self.half.at(st.shapes, args) if plan.half else None
         if half is not None:  # the cond half: its own graph; batched inputs and cached values cut to their cond half
             variants = half.variants
         variant, fn = variants.get(run_plan)
@@ -307,11 +307,11 @@ class Runtime:
 
     def _store(self, plan: Plan, scratch: dict, st: StreamState, sites) -> None:
         # Batched CFG: module values are cached for the cond half only (the uncond half is what gets rebuilt)
-        halves = plan.half or CFG_BATCH in plan.write
+        half = self.half.at(st.shapes) if plan.half or CFG_BATCH in plan.write else None
         for site in sites:
             site_values = scratch[site]
-            if halves and site.kind == "module":
-                site_values = [self.half.site(site, j, v) for j, v in enumerate(site_values)]
+            if half is not None and site.kind == "module":
+                site_values = [half.site(site, j, v) for j, v in enumerate(site_values)]
             st.store(site, site_values, scratch.get(("fin", site)), self.policy.depth(site))
 
     def _count(self, inst, new_generation: bool, call: Call, plan: Plan, computed: int, measured: dict,
