@@ -82,7 +82,8 @@ class HalfSource:
     """How to call the model's forward again: recorded while Dynamo compiles it."""
 
     def __init__(self, fn, module, template: dict, varargs: str | None, varkw: str | None) -> None:
-        self.fn, self.module, self.template, self.varargs, self.varkw = fn, weakref.ref(module), template, varargs, varkw
+        self.fn, self.module, self.template = fn, weakref.ref(module), template
+        self.varargs, self.varkw = varargs, varkw
 
     @classmethod
     def from_dynamo(cls, gm: fx.GraphModule, d: Discovery) -> "HalfSource | str":

@@ -20,6 +20,7 @@ import torch
 
 from ..passes.discover import is_param_like
 from ..plan import CFG_BATCH, Plan
+from .constants import StaticConstants
 from .cudagraphs import Graphed
 from .halfbatch import HalfBatch
 from .instances import Instances
@@ -100,7 +101,7 @@ class Runtime:
         # The cond-half graph for batched CFG (halfbatch.py), or why there is none; set by the backend.
         self.half: HalfBatch | None = None
         self._trims: dict = {}  # (plan, sites a probe produced) -> the plan without them
-        self._constants: dict = {}  # (weights, device) -> their float32 tensor
+        self._constants = StaticConstants()  # forecast weights / band scales; fixed buffers on a GPU
         self._fusions: dict = {}  # id(probe) -> (probe, its fused plan)
         self.speculate = speculate
         self.why_no_half: str | None = "not recorded"
@@ -180,7 +181,7 @@ class Runtime:
         return False
 
     def _variants_of(self, gm, d) -> VariantCache:
-        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.cudagraphs)
+        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.variants.graphs)
 
     def _settle(self, st: StreamState, sites, inst) -> bool:
         """Read the finiteness flags of `sites` (one read). If any is not finite, the stream starts over: its cache
@@ -229,14 +230,7 @@ class Runtime:
 
     def _constant(self, kind: str, plan: Plan, device) -> torch.Tensor:
         """The forecast weights / band scales of `plan` as a float32 tensor on `device`, made once per value."""
-        values = plan.coeffs if kind == "coef" else plan.scales
-        key = (values, device)
-        t = self._constants.get(key)
-        if t is None:
-            if len(self._constants) >= 256:  # weights that change every step (non-uniform gaps): bounded
-                self._constants.clear()
-            t = self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
-        return t
+        return self._constants.get(kind, plan.coeffs if kind == "coef" else plan.scales, device)
 
     def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
              streams: Streams, store: frozenset | None = None):
