@@ -7,9 +7,10 @@ the cond-half graph (runtime/halfbatch.py), which the symbolic graphs trace once
 only the shapes of its first batched-CFG call, and A3 silently ran both halves (FasterCache and MixCache: relative
 difference 3e-4 to 1e-2).
 
-Measured with this loop on pixart (8 steps): MixCache at its default options caches nothing on such a short run
-(its warm-up is longer than the generation); the tests use theta=1.0, which ends the warm-up at once on a random
-model (tests/test_engine.py).
+Few-step generations and MixCache, measured with this loop on pixart (8 steps, batched CFG, eager): at its default
+options all 8 steps compute in full (its warm-up covers the whole run), so it caches nothing and its output equals
+the uncached one; with theta=1.0 (which ends the warm-up at once on a random model, tests/test_engine.py, and what
+these tests use) 5 of 8 steps compute in full, 4 cond halves rebuild the uncond half, relative L1 0.019.
 """
 
 from __future__ import annotations
