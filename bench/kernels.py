@@ -3,7 +3,7 @@ torch references, at the activation shapes of real diffusion transformers.
 
     python -m bench.kernels                  # writes bench/results/kernels.json and kernels.md
     python -m bench.kernels --quick --out /tmp/k   # tiny shapes (tests)
-    python -m bench.kernels --kernels residual_store,forecast2 --dtypes bfloat16
+    python -m bench.kernels --kernels residual_apply,forecast2 --dtypes bfloat16
 
 Shapes: tokens x hidden of the block stack's activations (batch 1, and 2 for batched CFG), from the models'
 configs:
@@ -21,10 +21,9 @@ The CFG blend runs on the model's output latent: Wan (B, 16, 21, 60, 104) at 480
 packed tokens (B, 4096, 64), not a latent with the spatial dimensions last, and Flux.1-dev is guidance-distilled
 (no CFG pass to rebuild).
 
-Kernels: rel_l1_sums (reads 2, writes B floats), residual_store (reads 2, writes 1 and a flag),
-residual_apply (reads 2, writes 1), forecast2 / forecast4 (K = 2 linear extrapolation / K = 4 Taylor order 3:
-reads K, writes 1), cfg_blend (reads cond and two float32 bands, writes 1), teacache_step / magcache_step (the
-on-device accumulators: a few scalars, latency only). Dtypes float32 and bfloat16.
+Kernels: rel_l1_sums (reads 2, writes B floats), residual_apply (reads 2, writes 1), forecast2 / forecast4 (K = 2
+linear extrapolation / K = 4 Taylor order 3: reads K, writes 1), cfg_blend (reads cond and two float32 bands,
+writes 1). Dtypes float32 and bfloat16.
 
 On a GPU: median time of each implementation (triton.testing.do_bench), GB/s (bytes read + written / time) and
 the fraction of the device's peak memory bandwidth (from its memory clock and bus width, or a table of known
@@ -80,7 +79,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Peak memory bandwidth (bytes/s) of known devices, when the device properties do not give clock and bus width.
 KNOWN_PEAK = [("H200", 4.8e12), ("H100 SXM", 3.35e12), ("H100 80GB HBM3", 3.35e12), ("A100-SXM4-80GB", 2.04e12),
               ("A100 80GB", 2.04e12)]
-TEACACHE_COEFFS = [2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1]  # Wan's, degree 4
+
 
 
 # ----------------------------------------------------------------------------------------------- the kernels
@@ -90,7 +89,7 @@ class Spec:
     """One kernel: how to make its inputs for a shape, its reference, its Triton launcher, a float64 truth for the
     interpreter check, and the bytes one call moves."""
     name: str
-    kind: str  # "activation" | "latent" | "state"
+    kind: str  # "activation" | "latent"
     make: Callable  # (shape, dtype, device, generator) -> args tuple
     reference: Callable
     triton: Callable
@@ -105,10 +104,8 @@ def _randn(shape, dtype, device, g):
 
 
 def _specs() -> dict[str, Spec]:
-    from fxcache.triton_kernels import (accumulators, blend, cfg_blend_reference, forecast_reference,
-                                        forecasting, magcache_step_reference, rel_l1, rel_l1_sums_reference,
-                                        residual, residual_apply_reference, residual_store_reference,
-                                        teacache_step_reference)
+    from fxcache.triton_kernels import (blend, cfg_blend_reference, forecast_reference, forecasting, rel_l1,
+                                        rel_l1_sums_reference, residual, residual_apply_reference)
 
     def forecast_spec(k: int, weights: list[float]) -> Spec:
         def make(shape, dt, dev, g):
@@ -121,9 +118,6 @@ def _specs() -> dict[str, Spec]:
         return Spec(f"forecast{k}", "activation", make, forecast_reference, forecasting.forecast_triton, truth,
                     lambda n, es, b: (k + 1) * n * es)
 
-    def store_make(shape, dt, dev, g):
-        return _randn(shape, dt, dev, g), _randn(shape, dt, dev, g), torch.empty(shape, dtype=dt, device=dev)
-
     def blend_make(shape, dt, dev, g):
         return (_randn(shape, dt, dev, g), _randn(shape, torch.float32, dev, g), _randn(shape, torch.float32, dev, g),
                 torch.tensor([0.8, 1.15], device=dev))
@@ -132,15 +126,6 @@ def _specs() -> dict[str, Spec]:
         s0, s1 = s.double().tolist()
         terms = (c.double(), s0 * lo.double(), s1 * hi.double())
         return sum(terms), sum(t.abs() for t in terms)
-
-    def tea_make(shape, dt, dev, g):
-        b = shape[0]
-        num = torch.rand(b, generator=g, device=dev) * 0.01
-        return (accumulators.teacache_state(dev), num, torch.ones(b, device=dev),
-                torch.tensor(TEACACHE_COEFFS, device=dev), 0.1)
-
-    def mag_make(shape, dt, dev, g):
-        return accumulators.magcache_state(dev), 0.98, 0.12, 2
 
     def two(shape, dt, dev, g):
         return _randn(shape, dt, dev, g), _randn(shape, dt, dev, g)
@@ -153,9 +138,6 @@ def _specs() -> dict[str, Spec]:
                            torch.stack([(x.double().abs() + r.double().abs()).reshape(x.shape[0], -1).sum(1),
                                         r.double().reshape(x.shape[0], -1).abs().sum(1)])),
              lambda n, es, b: 2 * n * es + 8 * b, result=lambda out, args: torch.stack(out)),
-        Spec("residual_store", "activation", store_make, residual_store_reference, residual.residual_store_triton,
-             lambda y, x, buf: (y.double() - x.double(), y.double().abs() + x.double().abs()),
-             lambda n, es, b: 3 * n * es, result=lambda out, args: args[2]),
         Spec("residual_apply", "activation", two,
              residual_apply_reference, residual.residual_apply_triton,
              lambda x, c: (x.double() + c.double(), x.double().abs() + c.double().abs()),
@@ -164,10 +146,6 @@ def _specs() -> dict[str, Spec]:
         forecast_spec(4, [4.0, -6.0, 4.0, -1.0]),
         Spec("cfg_blend", "latent", blend_make, cfg_blend_reference, blend.cfg_blend_triton, blend_truth,
              lambda n, es, b: 2 * n * es + 8 * n),
-        Spec("teacache_step", "state", tea_make, teacache_step_reference, accumulators.teacache_step_triton, None,
-             lambda n, es, b: 0),
-        Spec("magcache_step", "state", mag_make, magcache_step_reference, accumulators.magcache_step_triton, None,
-             lambda n, es, b: 0),
     ]}
 
 
@@ -176,8 +154,6 @@ def _specs() -> dict[str, Spec]:
 def cases(spec: Spec, quick: bool, max_elements: int | None) -> list[dict]:
     """(model, batch, real shape, measured shape, note) of a kernel."""
     out = []
-    if spec.kind == "state":
-        return [{"model": "-", "batch": b, "shape": (b,), "run_shape": (b,), "note": ""} for b in BATCHES]
     if spec.kind == "activation":
         for name, tokens, hidden in (QUICK_ACTIVATIONS if quick else ACTIVATIONS):
             for b in BATCHES:
@@ -280,7 +256,7 @@ def measure(specs: dict[str, Spec], dtypes: list[str], device: str, quick: bool,
     rows, seen = [], {}
     g = torch.Generator(device=device).manual_seed(0)
     for name, spec in specs.items():
-        for dname in (dtypes if spec.kind != "state" else ["float32"]):
+        for dname in dtypes:
             dt = DTYPES[dname]
             for case in cases(spec, quick, max_elements):
                 key = (name, dname, case["run_shape"])
@@ -349,8 +325,7 @@ def poison_allocations() -> None:
 
 def interpreter_check(quick: bool, dtypes: list[str], kernels: list[str] | None = None) -> list[dict]:
     """Each kernel (run by the interpreter: call it with TRITON_INTERPRET=1 set before triton is imported) against
-    a float64 truth at reduced odd shapes, its outputs poisoned with NaN first; the accumulators against their
-    float32 references over a scripted sequence."""
+    a float64 truth at reduced odd shapes, its outputs poisoned with NaN first."""
     from fxcache.triton_kernels import _common
 
     if not _common.interpreting():
@@ -360,16 +335,11 @@ def interpreter_check(quick: bool, dtypes: list[str], kernels: list[str] | None 
     out = []
     poison_allocations()
     for name, spec in specs.items():
-        if spec.kind == "state":
-            out.append(_check_accumulator(spec))
-            continue
         for dname in dtypes:
             dt = DTYPES[dname]
             shapes = sorted({reduced(c["shape"], spec.kind) for c in cases(spec, quick, None)})
             for shape in shapes:
                 args = spec.make(shape, dt, "cpu", g)
-                if name == "residual_store":
-                    args[2].fill_(float("nan"))
                 res = spec.result(spec.triton(*args), args)
                 want, scale = spec.truth(*args)
                 if name == "rel_l1_sums":  # float32 sums over many terms
@@ -381,32 +351,6 @@ def interpreter_check(quick: bool, dtypes: list[str], kernels: list[str] | None 
                 out.append({"kernel": name, "dtype": dname, "shape": list(shape), "max_abs_err": err.max().item(),
                             "max_err_over_bound": (err / bound).max().item(), "ok": ok})
     return out
-
-
-def _check_accumulator(spec: Spec) -> dict:
-    from fxcache.triton_kernels import magcache_state, teacache_state
-
-    if spec.name == "teacache_step":
-        coeffs = torch.tensor([4.0, 1.0, 0.0])  # 4 r^2 + r
-        seq = [0.05, 0.02, 0.05, 0.1, float("nan"), 0.01, float("inf"), 0.02, 0.0]
-        states = [teacache_state(), teacache_state()]
-        flags = [[], []]
-        for r in seq:
-            num, den = torch.tensor([r / 2, r / 2]), torch.tensor([0.5, 0.5])
-            for i, fn in enumerate((spec.triton, spec.reference)):
-                flags[i].append(fn(states[i], num, den, coeffs, 0.1))
-    else:
-        seq = [0.98, 0.97, 0.99, 1.0, 1.01, 1.0, 0.5, float("nan"), 0.995]
-        states = [magcache_state(), magcache_state()]
-        flags = [[], []]
-        for gamma in seq:
-            for i, fn in enumerate((spec.triton, spec.reference)):
-                flags[i].append(fn(states[i], gamma, 0.12, 2))
-    written = all(f.view(torch.uint8).item() in (0, 1) for f in flags[0])  # poisoned flags hold 2
-    flags = [[bool(f) for f in fs] for fs in flags]
-    ok = written and flags[0] == flags[1] and torch.allclose(states[0], states[1], rtol=1e-6, atol=1e-7)
-    return {"kernel": spec.name, "dtype": "float32", "shape": [len(seq)], "decisions": flags[0],
-            "reference_decisions": flags[1], "ok": ok}
 
 
 def run_interpreter_check(quick: bool, dtypes: list[str], kernels: list[str] | None = None,
@@ -475,8 +419,7 @@ def render(result: dict) -> str:
     else:
         lines.append("Each kernel run by Triton's interpreter at reduced odd shapes (the interpreter is slow: the "
                      "real shapes would take hours), outputs poisoned with NaN first, against a float64 truth "
-                     "(bound: eps(dtype) * |truth| + 8 eps(float32) * sum|terms|; rel_l1 sums 1e-5 relative); the "
-                     "accumulators over a scripted sequence of distances against their float32 references. "
+                     "(bound: eps(dtype) * |truth| + 8 eps(float32) * sum|terms|; rel_l1 sums 1e-5 relative). "
                      "The interpreter converts float32 to bfloat16 by truncation (up to 1 ulp; a GPU rounds to "
                      "nearest, 1/2 ulp), hence bfloat16 ratios near 1 against a bound of 1 eps.")
         lines += ["", "| kernel | dtype | shapes | ok | max err / bound |", "|---|---|---|---|---|"]

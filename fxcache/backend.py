@@ -83,7 +83,7 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     speculate = options.pop("speculate", True)
     if not isinstance(speculate, bool):
         raise option_error(f"fxcache: option 'speculate' must be True or False, got {speculate!r}")
-    cudagraphs = options.pop("cudagraphs", True)
+    cudagraphs = options.pop("cudagraphs", False)  # off until a GPU run passes tests/test_cudagraphs.py
     if not isinstance(cudagraphs, bool):
         raise option_error(f"fxcache: option 'cudagraphs' must be True (replay variants as CUDA graphs where the "
                            f"inputs are CUDA tensors) or False, got {cudagraphs!r}")

@@ -16,6 +16,7 @@ import torch
 from ..passes.discover import is_param_like
 from ..plan import CFG_BATCH, Plan
 from .calls import make_call
+from .constants import StaticConstants
 from .cudagraphs import Graphed
 from .guard import NonFiniteGuard
 from .halfbatch import HalfBatch
@@ -61,7 +62,7 @@ class Runtime:
         # The cond-half graph for batched CFG (halfbatch.py), or why there is none; set by the backend.
         self.half: HalfBatch | None = None
         self._trims: dict = {}  # (plan, sites a probe produced) -> the plan without them
-        self._constants: dict = {}  # (weights, device) -> their float32 tensor
+        self._constants = StaticConstants()  # forecast weights / band scales; fixed buffers on a GPU
         self.speculation = Speculation() if speculate else None
         self.guard = NonFiniteGuard()
         self.why_no_half: str | None = "not recorded"
@@ -147,7 +148,7 @@ class Runtime:
         return False
 
     def _variants_of(self, gm, d) -> VariantCache:
-        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.cudagraphs)
+        return VariantCache(gm, d, self.compiler, self.variants.max_variants, self.piecewise, self.variants.graphs)
 
     def _trimmed(self, plan: Plan, scratch: dict) -> Plan:
         """`plan` without the written sites a probe already produced (they are stored from the probe's values)."""
@@ -164,20 +165,13 @@ class Runtime:
 
     def _constant(self, kind: str, plan: Plan, device) -> torch.Tensor:
         """The forecast weights / band scales of `plan` as a float32 tensor on `device`, made once per value."""
-        values = plan.coeffs if kind == "coef" else plan.scales
-        key = (values, device)
-        t = self._constants.get(key)
-        if t is None:
-            if len(self._constants) >= 256:  # weights that change every step (non-uniform gaps): bounded
-                self._constants.clear()
-            t = self._constants[key] = torch.tensor(values, dtype=torch.float32, device=device)
-        return t
+        return self._constants.get(kind, plan.coeffs if kind == "coef" else plan.scales, device)
 
     def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
              streams: Streams, store: frozenset | None = None):
         """Run `plan`'s variant; store the sites it writes (those in `store` where given)."""
         run_plan = self._trimmed(plan, scratch)
-        variants, half = self.variants, self.half if plan.half else None
+        variants, half = self.variants, self.half.at(st.shapes, args) if plan.half else None
         if half is not None:  # the cond half: its own graph; batched inputs and cached values cut to their cond half
             variants = half.variants
         variant, fn = variants.get(run_plan)
@@ -230,9 +224,9 @@ class Runtime:
 
     def _store(self, plan: Plan, scratch: dict, st: StreamState, sites) -> None:
         # Batched CFG: module values are cached for the cond half only (the uncond half is what gets rebuilt)
-        halves = plan.half or CFG_BATCH in plan.write
+        half = self.half.at(st.shapes) if plan.half or CFG_BATCH in plan.write else None
         for site in sites:
             site_values = scratch[site]
-            if halves and site.kind == "module":
-                site_values = [self.half.site(site, j, v) for j, v in enumerate(site_values)]
+            if half is not None and site.kind == "module":
+                site_values = [half.site(site, j, v) for j, v in enumerate(site_values)]
             st.store(site, site_values, scratch.get(("fin", site)), self.policy.depth(site))

@@ -10,9 +10,8 @@ from typing import Callable
 
 import torch.fx as fx
 
-from ..passes.discover import is_param_like
 from ..passes.specialize import Variant, specialize
-from .cudagraphs import Graphed, wants_graphs
+from .cudagraphs import GraphPool, Graphed, input_kinds, wants_graphs
 from ..plan import Plan
 from .piecewise import _LazyPiece, _PerSize, compile_piecewise
 
@@ -28,9 +27,12 @@ def inner_compile(gm: fx.GraphModule, example_inputs: list, compiler: str) -> Ca
 
 class VariantCache:
     def __init__(self, gm: fx.GraphModule, discovery, compiler: str, max_variants: int,
-                 piecewise: bool = False, cudagraphs: bool = True) -> None:
+                 piecewise: bool = False, cudagraphs: "bool | GraphPool | None" = True) -> None:
         self.gm, self.discovery, self.compiler, self.max_variants = gm, discovery, compiler, max_variants
-        self.cudagraphs = cudagraphs  # replay variants whose inputs are CUDA tensors as CUDA graphs
+        # Replay variants whose inputs are CUDA tensors as CUDA graphs, in this pool (one per runtime: the half-batch
+        # graphs' variant caches are given the runtime's), or not at all (False / None).
+        self.graphs = cudagraphs if isinstance(cudagraphs, GraphPool) else GraphPool() if cudagraphs else None
+        self.cudagraphs = self.graphs is not None
         # Split each variant per block (compiled blocks shared across variants: less compile time) or compile it
         # whole (one compiled call per variant: the least per-call cost, and Inductor fuses across blocks).
         self.piecewise = piecewise
@@ -85,9 +87,7 @@ class VariantCache:
                 if isinstance(fn, _LazyPiece) and not isinstance(fn.fn, _PerSize):
                     fn = fn.fn  # the compiled graph itself: no module call around it on every call
             if self.cudagraphs and wants_graphs(example_inputs):
-                placeholders = self.discovery.placeholders
-                fn = Graphed(fn, [k[0] == "arg" and is_param_like(placeholders[k[1]]) for k in variant.inputs],
-                             plan.label)
+                fn = Graphed(fn, input_kinds(variant.inputs, self.discovery.placeholders), plan.label, self.graphs)
             stats.compiles += 1
             stats.compile_time_s += time.perf_counter() - t0
             self._entries[plan.key()] = (variant, fn)

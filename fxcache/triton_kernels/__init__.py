@@ -6,31 +6,24 @@ the call is traced by Dynamo / AOT (inside Inductor-compiled graphs the referenc
 with its producers). `_common.use_kernel` is that rule. Importing this package needs neither Triton nor CUDA.
 
     rel_l1_sums(x, ref) -> (num, den)                 per-sample sum|x - ref|, sum|ref| (float32)
-    residual_store(y, x, buf) -> finite               buf = y - x in place, and "all stored values finite"
     residual_apply(x, cached, out=None) -> x + cached
     forecast(slots, coeffs, out=None) -> sum_k coeffs[k] * slots[k]
     cfg_blend(cond, low, high, scales, out=None) -> cond + scales[0] * low + scales[1] * high
-    teacache_step(state, num, den, coeffs, threshold, out=None) -> skip flag (state [acc] updated in place)
-    magcache_step(state, gamma, threshold, max_skips, out=None) -> skip flag (state [R, E, skipped] in place)
 
 Test them on the CPU with TRITON_INTERPRET=1 (tests/test_triton_kernels.py); time them with `python -m
 bench.kernels`.
 """
 
 from ._common import interpreting, use_kernel
-from .accumulators import (magcache_state, magcache_step, magcache_step_reference, teacache_state, teacache_step,
-                           teacache_step_reference)
 from .blend import cfg_blend, cfg_blend_reference
 from .forecasting import MAX_SLOTS, forecast, forecast_reference
 from .rel_l1 import rel_l1_sums, rel_l1_sums_reference
-from .residual import residual_apply, residual_apply_reference, residual_store, residual_store_reference
+from .residual import residual_apply, residual_apply_reference
 
 __all__ = [
     "rel_l1_sums", "rel_l1_sums_reference",
-    "residual_store", "residual_store_reference", "residual_apply", "residual_apply_reference",
+    "residual_apply", "residual_apply_reference",
     "forecast", "forecast_reference", "MAX_SLOTS",
     "cfg_blend", "cfg_blend_reference",
-    "teacache_step", "teacache_step_reference", "teacache_state",
-    "magcache_step", "magcache_step_reference", "magcache_state",
     "use_kernel", "interpreting",
 ]
