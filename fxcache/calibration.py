@@ -129,6 +129,18 @@ def save(path, data: dict) -> Path:
     return p
 
 
+def save_mag_ratios(path, streams: dict[str, list[float]]) -> None:
+    """Write {stream: [gamma_1..gamma_N]} as MagCache's ratio file (gamma_1 = 1: no previous step), atomically:
+    what `MagCache(calibrate=path)` records from one uncached generation, read back by its option `ratios`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"method": "magcache", "num_steps": max((len(v) for v in streams.values()), default=0),
+            "streams": streams}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def _basename(type_name: str) -> str:
     return type_name.rsplit(".", 1)[-1].strip("'>")
 

@@ -8,6 +8,7 @@ import torch
 
 import fxcache
 from fxcache.backend import parse_options
+from fxcache.metrics import REL_L1
 from fxcache.plan import Site
 from fxcache.runtime.executor import Call
 
@@ -15,7 +16,7 @@ from .loop import denoise
 from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
 
-OUT = (Site("output"), "rel_l1")
+OUT = (Site("output"), REL_L1)
 
 
 
@@ -99,7 +100,7 @@ def test_timestep_accumulation_matches_hand_worked_sequence():
         plan = policy.plan(call, state)
         if plan.stop is not None:
             assert plan.label == "probe"
-            plan = policy.decide(call, state, {(Site("indicator", name="timestep"), "rel_l1"): rel[k]})
+            plan = policy.decide(call, state, {(Site("indicator", name="timestep"), REL_L1): rel[k]})
         policy.observe(call, state, {}, plan)
         seq += "F" if plan.label == "full" else "S"
     assert seq == "FSSFSFSF"

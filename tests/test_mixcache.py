@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fxcache
+from fxcache.metrics import PEER_REL_L1
 from fxcache.plan import OUTPUT
 from fxcache.policies.mixcache import FULL_OUTPUT, candidate_blocks
 from fxcache.runtime.executor import Call
@@ -32,7 +33,7 @@ def _script(policy, d_step, d_cfg, d_block, d_full):
             plan = policy.plan(call, states[stream])
             measured = {}
             for site, metric in plan.measure:
-                if metric == "peer_rel_l1":
+                if metric == PEER_REL_L1:
                     measured[(site, metric)] = d_cfg
                 elif site == OUTPUT:
                     measured[(site, metric)] = d_step(k)

@@ -92,6 +92,7 @@ def test_piecewise_option(wan):
 def test_variant_inputs_come_in_gathering_order(wan):
     """specialize orders a variant's inputs (graph inputs, probe values, cached values, weights) and the runtime's
     precomputed wiring relies on it."""
+    from fxcache.metrics import REL_L1
     from fxcache.passes.specialize import specialize
     from fxcache.plan import Plan, residual
     from fxcache.runtime.executor import Wiring
@@ -109,7 +110,7 @@ def test_variant_inputs_come_in_gathering_order(wan):
 
     cut = Stop("cut", c)
     skip = Plan(forecast=frozenset({tail}), coeffs=(2.0, -1.0), start=cut)
-    probe = Plan(measure=frozenset({(head, "rel_l1")}), stop=cut, then=skip)
+    probe = Plan(measure=frozenset({(head, REL_L1)}), stop=cut, then=skip)
     plans = [probe, skip, probe.fused(), Plan(write=frozenset({head, tail}))]
     for plan in plans:
         v = specialize(runtime.gm, d, plan)

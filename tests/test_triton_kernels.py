@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import fxcache.triton_kernels as tk
+from fxcache.metrics import REL_L1
 from fxcache.triton_kernels import (accumulators, blend, forecasting, magcache_state, magcache_step_reference, rel_l1,
                                     residual, teacache_state, teacache_step_reference)
 
@@ -413,7 +414,7 @@ def test_teacache_accumulator_follows_the_policy():
         num, den = tea_sums(r)
         rel = (num.sum() / den.sum().clamp_min(1e-12)).item()  # the distance the runtime hands the policy
         rel = rel if math.isfinite(rel) else math.nan
-        got_policy.append(policy.decide(_call(step), st, {(policy.site, "rel_l1"): rel}).label == "skip")
+        got_policy.append(policy.decide(_call(step), st, {(policy.site, REL_L1): rel}).label == "skip")
         got64.append(bool(tk.teacache_step(s64, num, den, c64, 0.1)))
         assert s64.item() == st.acc  # bit for bit: the policy's host math
         got32.append(bool(tk.teacache_step(s32, num, den, c32, 0.1)))

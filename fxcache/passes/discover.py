@@ -20,9 +20,7 @@ import torch.fx as fx
 from ..plan import Site, Stop
 from . import symbolic
 from .modules import find_module_sites
-
-_INDEXED = re.compile(r"^(.*?)(?:\.(\d+)|\[(\d+)\]|\._modules\['(\d+)'\])$")
-
+from .nodes import block_of, dtype, is_param_like, is_tensor, normalise, shape
 
 @dataclass
 class Unit:
@@ -68,7 +66,7 @@ class Discovery:
         free = list(self.streams[a])
         out = []
         for y in self.streams[b]:
-            x = next((x for x in free if _shape(x) == _shape(y) and _dtype(x) == _dtype(y)), None)
+            x = next((x for x in free if shape(x) == shape(y) and dtype(x) == dtype(y)), None)
             if x is None:
                 return None
             free.remove(x)
@@ -140,42 +138,6 @@ class Discovery:
         return [n for n in self.nodes[:p] if n.op != "placeholder" and self.last_use.get(n, -1) >= p]
 
 
-def _shape(n: fx.Node):
-    v = n.meta.get("example_value", n.meta.get("val"))
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
-
-
-def _dtype(n: fx.Node):
-    v = n.meta.get("example_value", n.meta.get("val"))
-    return v.dtype if isinstance(v, torch.Tensor) else None
-
-
-def _is_tensor(n: fx.Node) -> bool:
-    return isinstance(n.meta.get("example_value", n.meta.get("val")), torch.Tensor)
-
-
-def _normalise(path: str) -> str:
-    """"L['self'].__dict__['_modules']['blocks'].1" -> "blocks.1"; "L['self'].transformer_blocks[0]" -> ..."""
-    path = re.sub(r"^[LG]\['[^']*'\]\.?", "", path)
-    path = path.replace("__dict__['_modules']", "").replace("._modules", "")
-    path = re.sub(r"\['([^']*)'\]", r".\1", path)
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    return re.sub(r"\.+", ".", path).strip(".")
-
-
-def block_of(node: fx.Node) -> tuple[str, int, str] | None:
-    """(list path, index, module type) of the outermost indexed module around `node`, if any."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    for path, mtype in stack.values():
-        norm = _normalise(path)
-        m = re.match(r"^(.*)\.(\d+)$", norm)
-        if m:
-            return m.group(1), int(m.group(2)), getattr(mtype, "__qualname__", str(mtype))
-    return None
-
-
 def _placeholder_name(n: fx.Node) -> str:
     src = getattr(n, "_dynamo_source", None)
     return (src.name if src is not None and hasattr(src, "name") else n.name).lower()
@@ -244,7 +206,7 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
                   last_use=last_use, placeholders=placeholders,
                   symbols=symbolic.size_symbols(placeholders, is_param_like))
     d.indicators = _indicators(d)
-    d.modules = find_module_sites(d, _normalise)
+    d.modules = find_module_sites(d)
     return d
 
 
@@ -260,9 +222,9 @@ def _streams_at(nodes, pos, last_use, units, cuts, k) -> list[fx.Node]:
         read0 = _external_reads(nodes[units[0].start:units[0].stop], u0)
         read1 = set(_external_reads(nodes[twin.start:twin.stop], u1))
         return [n for n in read0
-                if n not in read1 and _is_tensor(n) and not (n.op == "placeholder" and is_param_like(n))]
+                if n not in read1 and is_tensor(n) and not (n.op == "placeholder" and is_param_like(n))]
     lo = cuts[k - 1]
-    live = [n for n in nodes[lo:c] if last_use.get(n, -1) >= c and _is_tensor(n)]
+    live = [n for n in nodes[lo:c] if last_use.get(n, -1) >= c and is_tensor(n)]
     first_use = {n: min(pos[u] for u in n.users if pos[u] >= c) for n in live}
     return sorted(live, key=lambda n: first_use[n])
 
@@ -270,10 +232,10 @@ def _streams_at(nodes, pos, last_use, units, cuts, k) -> list[fx.Node]:
 def _close_loop(nodes, pos, last_use, units, cuts, streams, reach: int = 64) -> None:
     """Extend the last unit over the loop's trailing glue (Latte reshapes back to the spatial layout after its
     last temporal block) until the streams leaving it match the ones entering block 0 in shape."""
-    want = [(_shape(n), _dtype(n)) for n in streams[0]]
+    want = [(shape(n), dtype(n)) for n in streams[0]]
 
     def matches(ss):
-        have = [(_shape(n), _dtype(n)) for n in ss]
+        have = [(shape(n), dtype(n)) for n in ss]
         return bool(have) and all(h in want for h in have)
 
     if matches(streams[-1]):
@@ -285,11 +247,6 @@ def _close_loop(nodes, pos, last_use, units, cuts, streams, reach: int = 64) -> 
             units[-1].stop = cuts[-1] = p
             streams[-1] = ss
             return
-
-
-def is_param_like(n: fx.Node) -> bool:
-    td = n.meta.get("tensor_dict", {})
-    return bool(td.get("_dynamo_static_input_type")) or "_parameters_" in n.name or "_buffers_" in n.name
 
 
 def _external_reads(unit_nodes, inside) -> list[fx.Node]:
@@ -311,10 +268,10 @@ def _indicators(d: Discovery) -> dict[str, fx.Node]:
     unit_set = set(inside)
     for n in inside:
         stack = n.meta.get("nn_module_stack") or {}
-        paths = [_normalise(p) for p, _ in stack.values()]
+        paths = [normalise(p) for p, _ in stack.values()]
         if any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", p) for p in paths):
-            cands = [a for a in n.all_input_nodes if a in unit_set and _is_tensor(a)
-                     and not any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", _normalise(p))
+            cands = [a for a in n.all_input_nodes if a in unit_set and is_tensor(a)
+                     and not any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", normalise(p))
                                  for p, _ in (a.meta.get("nn_module_stack") or {}).values())]
             if cands:
                 found["modulated_input"] = cands[0]
@@ -323,7 +280,7 @@ def _indicators(d: Discovery) -> dict[str, fx.Node]:
         ts = d.placeholders[d.timestep]
         dep = _descendants(ts)
         for a in _external_reads(inside, unit_set):
-            if a in dep and _is_tensor(a) and len(_shape(a) or ()) >= 2:
+            if a in dep and is_tensor(a) and len(shape(a) or ()) >= 2:
                 found["timestep"] = a
                 break
     return found

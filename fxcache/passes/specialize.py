@@ -24,11 +24,9 @@ Inputs and outputs are described by keys, which the runtime uses to wire tensors
   outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
            ("reads", keys): the plan's distances, one float32 vector, entry i for (site, metric) keys[i]
 
-Metrics of a measured site (the first stream of it, per sample summed): "rel_l1" against its cached value;
-"peer_rel_l1" against the peer stream's cached value (the cond output of this step, for the uncond call: MixCache's
-D_cfg); "cfg_rel_l1" between the halves of a batched-CFG value `[uncond; cond]` (the same distance in one call);
-"mag_ratio" (MagCache); "motion:<S>:<s>:<j>" (AdaCache's MoReg, on output j of the site, S tokens per latent
-frame along its token axis, frame stride s: `motion_sums`). A plan that reuses OUTPUT returns the cached output and
+A measured site's metrics are registered functions (fxcache/metrics.py): each is called on the site's value and
+the references it declares (this stream's cached value, the peer stream's), its terms reduced to one value for the
+batch; this pass knows no metric by name. A plan that reuses OUTPUT returns the cached output and
 runs nothing.
 """
 
@@ -42,9 +40,11 @@ import torch
 import torch.fx as fx
 
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
-from ..triton_kernels import forecast, rel_l1_sums, residual_apply
+from .. import metrics
+from ..triton_kernels import forecast, residual_apply
 from . import cfg, symbolic
 from .discover import Discovery
+from .nodes import example
 
 
 @dataclass
@@ -228,36 +228,16 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         while len(finite) > 1:
             finite = [g.call_function(torch.logical_and, (finite[0], finite[1]))] + finite[2:]
         emit(("fin", site), finite[0])
-        if measured.get(site):
-            # Per sample (dim 0), first stream only (the image stream of dual-stream blocks, as FBCache does).
-            like = _site_nodes(d, site)[0][0]
-            for metric in measured[site]:
-                if metric in ("rel_l1", "peer_rel_l1"):  # sum|x - ref| and sum|ref|, one fused pass
-                    ref = placeholder(("cache" if metric == "rel_l1" else "peer", site, 0, 0), like,
-                                      f"{metric}_{site.kind}_{site.start}_{site.stop}{site.name}")
-                    sums = g.call_function(rel_l1_sums, (vals[0], ref))
-                elif metric == "cfg_rel_l1":  # [uncond; cond]: sum|uncond - cond| and sum|cond|
-                    halves = g.call_method("chunk", (vals[0], 2))
-                    sums = g.call_function(rel_l1_sums, tuple(g.call_function(operator.getitem, (halves, k))
-                                                              for k in (0, 1)))
-                elif metric == "mag_ratio":  # MagCache: mean over tokens of |x|_2 / |ref|_2 over channels
-                    ref = placeholder(("cache", site, 0, 0), like, f"ref_{site.kind}_{site.start}_{site.stop}")
-                    x, r = g.call_method("float", (vals[0],)), g.call_method("float", (ref,))
-                    nx = g.call_function(torch.linalg.vector_norm, (x,), {"dim": -1})
-                    nr = g.call_function(torch.linalg.vector_norm, (r,), {"dim": -1})
-                    q = g.call_method("reshape", (g.call_function(torch.div, (nx, nr)),
-                                                  g.call_method("size", (x, 0)), -1))
-                    reads.append(((site, metric), g.call_method("mean", (q,))))
-                    continue
-                elif metric.startswith("motion:"):  # AdaCache's MoReg: no reference, one fused pass
-                    _, per_frame, stride, j = metric.split(":")
-                    sums = g.call_function(motion_sums, (vals[int(j)], int(per_frame), int(stride)))
-                else:
-                    raise ValueError(f"unknown metric {metric!r}")
-                num, den = (g.call_function(operator.getitem, (sums, k)) for k in (0, 1))
-                reads.append(((site, metric), g.call_function(
-                    torch.div, (g.call_method("sum", (num,)), g.call_method("clamp_min", (g.call_method("sum", (den,)),
-                                                                                        1e-12))))))
+        for m in measured.get(site, ()):
+            # The registered function on output `m.output`, and what it reads besides (metrics.py); its terms
+            # reduced to one value for the batch inside the variant.
+            spec = metrics.definition(m)
+            like = _site_nodes(d, site)[0][m.output]
+            refs = [placeholder(("cache" if ref == "cached" else "peer", site, m.output, 0), like,
+                                f"{ref}_{m.name}_{site.kind}_{site.start}_{site.stop}{site.name}")
+                    for ref in spec.references]
+            terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
+            reads.append(((site, m), g.call_function(spec.batch(), (terms,))))
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read
         emit(("reads", tuple(k for k, _ in reads)), g.call_function(
             torch.stack, ([g.call_method("float", (v,)) for _, v in reads],)))
@@ -311,15 +291,6 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
 _INPUT_ORDER = {"arg": 0, "val": 1, "cache": 2, "peer": 2, "coef": 3, "scales": 3}
 
 
-def motion_sums(x: torch.Tensor, per_frame: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """AdaCache's motion term as per-sample sums: with x's token axis (dim 1) cut into frames of `per_frame` tokens,
-    sum|x[f + s] - x[f]| and sum|x[f + s]| + sum|x[f]| over the frames f that have a partner s frames on."""
-    v = x.reshape(x.shape[0], x.shape[1] // per_frame, -1).float()
-    later, earlier = v[:, stride:], v[:, :-stride]
-    num = (later - earlier).abs().sum((1, 2))
-    return num, later.abs().sum((1, 2)) + earlier.abs().sum((1, 2))
-
-
 def _rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False) -> Variant:
     """The output rebuilt from the peer stream's output and this stream's cached band images; nothing of the
     model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`). With
@@ -356,7 +327,7 @@ def rebuildable(d: Discovery) -> str | None:
     flat = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(flat) != 1 or not isinstance(flat[0], fx.Node):
         return f"the model returns {len(flat)} values, not one latent"
-    v = flat[0].meta.get("example_value", flat[0].meta.get("val"))
+    v = example(flat[0])
     if not isinstance(v, torch.Tensor) or v.ndim < 4:
         return "the model output is not a latent image or video (rank >= 4, spatial dimensions last)"
     return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..metrics import REL_L1
 from ..plan import Plan, Stop, residual
 from .base import Param, Policy, Unsupported, non_negative, positive
 from .forecast import StepForecast
@@ -68,10 +69,10 @@ class DBCache(StepForecast, Policy):
             and (self.max_cached_steps is None or state.cached < self.max_cached_steps))
         guess = (self.computed_plan(Plan(write=frozenset({self.head, self.middle}), start=self.cut, label="full"))
                  if certain else self.skipped(call, state, frozenset({self.middle}), start=self.cut, label="skip"))
-        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
+        return Plan(measure=frozenset({(self.head, REL_L1)}), stop=self.cut, label="probe", then=guess)
 
     def decide(self, call, state: DBState, measured: dict) -> Plan:
-        d = measured[(self.head, "rel_l1")]
+        d = measured[(self.head, REL_L1)]
         ok = ((self.max_continuous_cached_steps is None or state.skips < self.max_continuous_cached_steps)
               and (self.max_cached_steps is None or state.cached < self.max_cached_steps))
         if d < self.threshold and ok:

@@ -50,6 +50,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import option_error
+from ..metrics import REL_L1
 from .base import Param, non_negative
 from .teacache import TeaCache, TeaState
 
@@ -128,6 +129,6 @@ class DynamicCache(TeaCache):
     def observe(self, call, state: TeaState, measured: dict, plan) -> None:
         super().observe(call, state, measured, plan)
         if (self.indicator == "output" and self.joint and plan.label == "full"
-                and (self.site, "rel_l1") in measured and state.estimate is not None
+                and (self.site, REL_L1) in measured and state.estimate is not None
                 and math.isfinite(state.estimate)):
             self._shared(call).estimates[call.stream] = state.estimate

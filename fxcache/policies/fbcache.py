@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..metrics import REL_L1
 from ..plan import Plan, Stop, residual
 from .base import Param, Policy, Unsupported, non_negative, positive
 from .forecast import StepForecast
@@ -66,12 +67,12 @@ class FBCache(StepForecast, Policy):
         if probe is None or probe.then is not guess:  # one probe object per guess object (the runtime memoises)
             if len(self.probes) > 16:
                 self.probes.clear()
-            probe = self.probes[id(guess)] = Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut,
+            probe = self.probes[id(guess)] = Plan(measure=frozenset({(self.head, REL_L1)}), stop=self.cut,
                                                   label="probe", then=guess)
         return probe
 
     def decide(self, call, state: FBState, measured: dict) -> Plan:
-        d = measured[(self.head, "rel_l1")]
+        d = measured[(self.head, REL_L1)]
         can_skip = self.max_consecutive_skips is None or state.skips < self.max_consecutive_skips
         skip = d < self.threshold
         if self.joint:  # the step's first call decides for all its streams (the same step number in each)

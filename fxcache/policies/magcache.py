@@ -23,8 +23,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..calibration import save_mag_ratios
 from ..errors import option_error
 from ..families import family
+from ..metrics import MAG_RATIO
 from ..plan import Plan, residual
 from .base import Param, Policy, Unsupported, finite_reals, fraction, non_negative, positive
 from .forecast import StepForecast
@@ -133,7 +135,7 @@ class MagCache(StepForecast, Policy):
 
     def plan(self, call, state: MagState) -> Plan:
         if self.calibrate is not None:
-            measure = frozenset({(self.stack, "mag_ratio")}) if state.has_residual else frozenset()
+            measure = frozenset({(self.stack, MAG_RATIO)}) if state.has_residual else frozenset()
             state.has_residual = True
             return Plan(write=frozenset({self.stack}), measure=measure, label="full")
         gammas = self._gammas(call)
@@ -151,8 +153,6 @@ class MagCache(StepForecast, Policy):
     def observe(self, call, state: MagState, measured: dict, plan: Plan) -> None:
         if self.calibrate is None:
             return
-        state.recorded.append(measured.get((self.stack, "mag_ratio"), 1.0))
+        state.recorded.append(measured.get((self.stack, MAG_RATIO), 1.0))
         self.recorded[call.stream] = list(state.recorded)
-        from ..profile import save_mag_ratios
-
         save_mag_ratios(self.calibrate, self.recorded)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..families import family
+from ..metrics import REL_L1
 from ..plan import Plan, Site, Stop, residual
 from .base import Param, Policy, Unsupported, finite_reals, non_negative
 from .forecast import StepForecast
@@ -116,17 +117,17 @@ class TeaCache(StepForecast, Policy):
         # would waste the whole stack).
         guess = (self.computed_plan(self._full_continuation) if self.threshold <= 0
                  else self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip"))
-        return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
+        return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, REL_L1)}), stop=self.stop,
                     label="probe", then=guess)
 
     def _computed(self, call, state: TeaState, first: bool = False) -> Plan:
         if self.indicator == "output" and not first:
-            return self.computed(call, state, Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}),
+            return self.computed(call, state, Plan(write=self.compute.write, measure=frozenset({(self.site, REL_L1)}),
                                                    label="full"))
         return self.computed(call, state, self.compute)
 
     def decide(self, call, state: TeaState, measured: dict) -> Plan:
-        state.acc += float(self.poly(measured[(self.site, "rel_l1")]))
+        state.acc += float(self.poly(measured[(self.site, REL_L1)]))
         if state.acc < self.threshold:
             return self.skipped(call, state, frozenset({self.stack}), start=self.stop, label="skip")
         state.acc = 0.0
@@ -135,7 +136,7 @@ class TeaCache(StepForecast, Policy):
     def observe(self, call, state: TeaState, measured: dict, plan: Plan) -> None:
         if plan.label != "full":
             return
-        if self.indicator == "output" and (self.site, "rel_l1") in measured:
+        if self.indicator == "output" and (self.site, REL_L1) in measured:
             gap = max(1, call.step - state.previous_computed)
-            state.estimate = float(self.poly(measured[(self.site, "rel_l1")] / gap))
+            state.estimate = float(self.poly(measured[(self.site, REL_L1)] / gap))
         state.previous_computed = call.step

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 
 from ..passes.discover import Discovery, discover
+from ..passes.nodes import example
 
 
 class _Input:
@@ -232,7 +233,7 @@ class HalfBatch:
         # Leading lengths in the half graph: a batch-major leading dimension (batch, or batch x tokens as in
         # Latte's temporal blocks) is half as long there as in the full graph.
         def length(n):
-            v = n.meta.get("example_value", n.meta.get("val"))
+            v = example(n)
             return v.shape[0] if isinstance(v, torch.Tensor) and v.ndim >= 1 else None
 
         self._arg_len = [length(p) for p in d.placeholders]
