@@ -14,7 +14,8 @@ One JSON object, versioned:
 
 `load` validates the file and raises an `OptionError` naming the file and what is wrong; `check_model` compares
 it with the graph being compiled (block class and unit count, and the model class where the graph tells it).
-`save` writes atomically (a temporary file renamed over the target).
+`save` writes atomically (a temporary file renamed over the target). `save_mag_ratios` writes MagCache's own,
+smaller ratio file (what `MagCache(calibrate=path)` records from one uncached generation).
 """
 
 from __future__ import annotations

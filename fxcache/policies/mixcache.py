@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from ..families import family
 from ..metrics import CFG_REL_L1, PEER_REL_L1, REL_L1, Metric
-from ..passes.specialize import rebuildable
+from ..passes.variant import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site
 from .base import Param, Policy, Unsupported, fraction, positive
 
