@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fxcache.metrics import psnr
-
+from .fidelity import psnr
 from .overhead import machine
 from .peers import CACHEDIT, apply_peer, cachedit_settings, cachedit_status, calibrate_peer, cfg_mode, \
     diffusers_settings

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 
 from fxcache.backend import _RUNTIMES
-from fxcache.metrics import psnr, rel_l1, ssim
 
+from .fidelity import psnr, rel_l1, ssim
 from .pipeline import generate
 
 # Every compiled method is a separate torch.compile of the same module: Dynamo keeps one cache entry per backend

@@ -72,6 +72,7 @@ def ideal_skipped_backend(compiler: str):
     """A backend whose graph is FBCache's skipped step as one compiled graph, called with no runtime around it:
     the cached residual (and the first block's reference residual) are fixed inputs, taken from one computed step
     at the first call."""
+    from fxcache.metrics import REL_L1
     from fxcache.passes.discover import discover
     from fxcache.passes.specialize import specialize
     from fxcache.plan import Plan, residual
@@ -81,7 +82,7 @@ def ideal_skipped_backend(compiler: str):
         d = discover(gm, example_inputs)
         c = d.first_residual_cut()
         head, tail = residual(0, c), residual(c, d.num_units)
-        skipped = specialize(gm, d, Plan(reuse=frozenset({tail}), measure=frozenset({(head, "rel_l1")})))
+        skipped = specialize(gm, d, Plan(reuse=frozenset({tail}), measure=frozenset({(head, REL_L1)})))
         full = specialize(gm, d, Plan(write=frozenset({head, tail})))
         state: dict = {}
 

@@ -8,6 +8,7 @@ benchmark does not use).
 from __future__ import annotations
 
 from fxcache.profile import Target
+from fxcache.profile.__main__ import main
 
 from .pipeline import generate
 from .reference.data import all_prompts
@@ -39,8 +40,6 @@ def reference_batched() -> Target:
 
 def calibrate(steps: int = 50) -> None:
     """Write the committed calibration (the command line in PROFILE_ARGS) when it is missing."""
-    from fxcache.profile import main
-
     args = list(PROFILE_ARGS)
     args[args.index("--steps") + 1] = str(steps)
     main(args)

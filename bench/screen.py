@@ -29,7 +29,8 @@ from .reference.model import load
 
 def main(argv=None) -> None:
     import fxcache
-    from fxcache.metrics import psnr
+
+    from .fidelity import psnr
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[50])

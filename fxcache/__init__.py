@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from .backend import DEFAULT_OPTIONS, DEFAULT_POLICY, DEFAULT_WHY, backend, instances_of, runtimes_of
+from .describe import describe as _describe
 from .policies import POLICIES
 from .runtime.state import context
 from .runtime.stats import Stats
@@ -38,8 +39,6 @@ def reset(model) -> None:
 
 def explain(model, file=None) -> str:
     """Print and return what the backend found in `model`'s graphs: block lists, carried streams, sites, policy."""
-    from .describe import describe
-
-    text = describe(model)
+    text = _describe(model)
     print(text, file=file)
     return text

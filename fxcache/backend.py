@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from . import calibration as calibration_file
 from .errors import option_error
 from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
@@ -93,9 +94,7 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
                            f">= 0, got {decision_log!r}")
     calibration = options.pop("calibration", None)
     if calibration is not None:
-        from .calibration import load
-
-        calibration = load(calibration)
+        calibration = calibration_file.load(calibration)
     policy = POLICIES[name](**options)
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
@@ -137,9 +136,7 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
         reason = "no list of repeated transformer blocks in this graph"
     else:
         if policy.calibration is not None:  # a file profiled on another model is an error, not a fallback
-            from .calibration import check_model, traced_model_class
-
-            check_model(policy.calibration, d, traced_model_class(d))
+            calibration_file.check_model(policy.calibration, d, calibration_file.traced_model_class(d))
         try:
             policy.bind(d)
         except Unsupported as e:

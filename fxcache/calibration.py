@@ -14,7 +14,8 @@ One JSON object, versioned:
 
 `load` validates the file and raises an `OptionError` naming the file and what is wrong; `check_model` compares
 it with the graph being compiled (block class and unit count, and the model class where the graph tells it).
-`save` writes atomically (a temporary file renamed over the target).
+`save` writes atomically (a temporary file renamed over the target). `save_mag_ratios` writes MagCache's own,
+smaller ratio file (what `MagCache(calibrate=path)` records from one uncached generation).
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ def save(path, data: dict) -> Path:
     return p
 
 
+def save_mag_ratios(path, streams: dict[str, list[float]]) -> None:
+    """Write {stream: [gamma_1..gamma_N]} as MagCache's ratio file (gamma_1 = 1: no previous step), atomically:
+    what `MagCache(calibrate=path)` records from one uncached generation, read back by its option `ratios`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"method": "magcache", "num_steps": max((len(v) for v in streams.values()), default=0),
+            "streams": streams}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def _basename(type_name: str) -> str:
     return type_name.rsplit(".", 1)[-1].strip("'>")
 
@@ -164,15 +177,3 @@ def traced_model_class(discovery) -> str | None:
     except Exception:  # noqa: BLE001 - a private API: any failure means "not known"
         return None
     return type(module).__name__
-
-
-def save_mag_ratios(path: str | Path, streams: dict[str, list[float]]) -> None:
-    """Write {stream: [gamma_1..gamma_N]} as MagCache's ratio file (gamma_1 = 1: no previous step); what
-    `MagCache(calibrate=path)` records from one uncached generation."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"method": "magcache", "num_steps": max((len(v) for v in streams.values()), default=0),
-            "streams": streams}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)

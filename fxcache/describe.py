@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .backend import _PLAIN_GRAPHS, instances_of
-from .passes.discover import _shape
+from .passes.nodes import shape
 from .plan import Site
 
 
@@ -21,7 +21,7 @@ def describe(model) -> str:
         names = {i: d.placeholders[i].name for i in (d.timestep, d.hidden, d.encoder) if i is not None}
         lines.append(f"  inputs: timestep={names.get(d.timestep)}, hidden={names.get(d.hidden)}, "
                      f"encoder={names.get(d.encoder)}")
-        lines.append("  carried streams at block 0: " + ", ".join(f"{n.name}{list(_shape(n) or [])}"
+        lines.append("  carried streams at block 0: " + ", ".join(f"{n.name}{list(shape(n) or [])}"
                                                              for n in d.streams[0]))
         sites = [Site("residual", 0, d.num_units)]
         c = d.first_residual_cut()

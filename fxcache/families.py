@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .passes.nodes import shape
+
 # block module type (or block list name) -> family
 _BY_BLOCK = {
     "WanTransformerBlock": "wan",
@@ -26,7 +28,7 @@ def family(discovery) -> str | None:
         if name in _BY_BLOCK:
             fam = _BY_BLOCK[name]
             if fam == "cogvideox":  # 5B has width 3072, 2B 1920
-                shape = discovery.streams[0][0].meta["example_value"].shape if discovery.streams[0] else None
-                return "cogvideox-5b" if shape is not None and shape[-1] >= 3072 else "cogvideox-2b"
+                width = shape(discovery.streams[0][0]) if discovery.streams[0] else None
+                return "cogvideox-5b" if width is not None and width[-1] >= 3072 else "cogvideox-2b"
             return fam
     return None

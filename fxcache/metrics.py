@@ -1,38 +1,204 @@
-"""Fidelity of a cached generation against the uncached one from the same seed: PSNR, SSIM, relative L1.
-Clips are (B, C, F, H, W) or (B, C, H, W) tensors in [-1, 1]."""
+"""Distances a plan measures at a site, computed inside the compiled variant: a registry of metric functions.
+
+A plan's `measure` holds `(site, Metric)` pairs; `metric(name, **params)` builds the Metric (hashable, its
+parameters checked against the registered function's typed keyword parameters). The compiled variant calls the
+registered function on the site's value and on what the function's positional parameters after the value name:
+
+- `cached`: this stream's cached value of the site (the previous step's, for a site the plan also writes);
+- `peer`: the peer stream's cached value of the site (`Plan.peer`: the cond output of this step, for the
+  uncond call).
+
+A metric reads one output of the site, `Metric.output` (default 0, the first stream: the image stream of
+dual-stream blocks). Its function returns per-sample terms, and its `reduce` kind says how they become one
+value per sample (a [B] vector, `per_sample`) or one value for the batch (a scalar, `batch`):
+
+- "ratio": the function returns (num [B], den [B]); per sample num / den, for the batch sum(num) / sum(den)
+  (samples weighted by their size, as one distance over the whole batch);
+- "mean": the function returns terms [B, ...]; per sample their mean, for the batch the mean of all.
+
+Both reductions run inside the variant, so the runtime reads one number per (site, metric) in one host read.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
 
+from .triton_kernels import rel_l1_sums
 
-def rel_l1(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """mean|x - ref| / mean|ref|, over all elements."""
-    return float((x.float() - ref.float()).abs().mean() / ref.float().abs().mean().clamp_min(1e-12))
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> float:
-    """Peak signal-to-noise ratio in dB of clamped clips (data range 2 for [-1, 1]); inf when equal."""
-    mse = float(((x.float().clamp(-1, 1) - ref.float().clamp(-1, 1)) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * np.log10(data_range ** 2 / mse)
+EPS = 1e-12  # the smallest denominator of a ratio (an all-zero reference)
 
 
-def ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean SSIM over every frame (scikit-image, RGB channels, Gaussian window as in Wang et al.)."""
-    from skimage.metrics import structural_similarity
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric with its parameters, as a plan's `measure` names it: `(site, Metric)`."""
 
-    a = _frames(x)
-    b = _frames(ref)
-    vals = [structural_similarity(p, q, channel_axis=-1, data_range=2.0, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False) for p, q in zip(a, b)]
-    return float(np.mean(vals))
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs, sorted by name
+    output: int = 0  # which output of the site it reads
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def __str__(self) -> str:
+        args = [f"{k}={v}" for k, v in self.params] + ([f"output={self.output}"] if self.output else [])
+        return f"{self.name}({', '.join(args)})" if args else self.name
 
 
-def _frames(x: torch.Tensor) -> np.ndarray:
-    x = x.detach().float().clamp(-1, 1).cpu()
-    if x.ndim == 5:  # (B, C, F, H, W) -> (B*F, H, W, C)
-        x = x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[3], x.shape[4], x.shape[1])
-    else:
-        x = x.permute(0, 2, 3, 1)
-    return x.numpy()
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    fn: Callable  # fn(value, *references, **params) -> per-sample terms
+    references: tuple[str, ...]  # what the function reads besides the value: "cached" / "peer"
+    params: dict  # keyword parameter -> its type
+    reduce: str  # "ratio" | "mean"
+
+    def batch(self) -> Callable:
+        """terms -> a 0-dim tensor: the value for the whole batch."""
+        return _BATCH[self.reduce]
+
+    def per_sample(self) -> Callable:
+        """terms -> a [B] tensor: one value per sample."""
+        return _PER_SAMPLE[self.reduce]
+
+
+REFERENCES = ("cached", "peer")
+_REGISTRY: dict[str, Definition] = {}
+
+
+def register(name: str, reduce: str = "ratio") -> Callable:
+    """Register `fn(value, *references, **params)` as metric `name`. Its positional parameters after the value
+    name what else it reads (`REFERENCES`); its keyword-only parameters, all annotated int / float / bool / str,
+    are the metric's parameters."""
+    if reduce not in _BATCH:
+        raise ValueError(f"metric {name!r}: reduce must be one of {sorted(_BATCH)}, got {reduce!r}")
+
+    def add(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"metric {name!r} is registered already")
+        hints = typing.get_type_hints(fn)
+        positional = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        refs = tuple(p.name for p in positional[1:])
+        if not positional or any(r not in REFERENCES for r in refs):
+            raise ValueError(f"metric {name!r}: parameters after the value must be among {REFERENCES}, got {refs}")
+        params = {p.name: hints.get(p.name) for p in inspect.signature(fn).parameters.values()
+                  if p.kind == p.KEYWORD_ONLY}
+        if any(t not in (int, float, bool, str) for t in params.values()):
+            raise ValueError(f"metric {name!r}: keyword parameters must be annotated int, float, bool or str")
+        _REGISTRY[name] = Definition(name, fn, refs, params, reduce)
+        return fn
+
+    return add
+
+
+def metric(name: str, output: int = 0, **params) -> Metric:
+    """The Metric `name` with `params` (every keyword parameter of its function, of its type) on output
+    `output` of the site."""
+    d = _REGISTRY.get(name)
+    if d is None:
+        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    if set(params) != set(d.params):
+        raise ValueError(f"metric {name!r} takes parameters {sorted(d.params)}, got {sorted(params)}")
+    for k, v in params.items():
+        if type(v) is not d.params[k] and not (d.params[k] is float and type(v) is int):
+            raise ValueError(f"metric {name!r}: parameter {k} must be {d.params[k].__name__}, got {v!r}")
+    if type(output) is not int or output < 0:
+        raise ValueError(f"metric {name!r}: output must be an int >= 0, got {output!r}")
+    return Metric(name, tuple(sorted(params.items())), output)
+
+
+def definition(m: Metric) -> Definition:
+    if not isinstance(m, Metric):
+        raise TypeError(f"a plan measures (site, Metric) pairs (fxcache.metrics.metric), got {m!r}")
+    d = _REGISTRY.get(m.name)
+    if d is None:
+        raise ValueError(f"unknown metric {m.name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return d
+
+
+def evaluate(m: Metric, value: torch.Tensor, *references: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+    """The metric on tensors, outside a variant: a [B] vector (`per_sample`) or a 0-dim tensor for the batch."""
+    d = definition(m)
+    terms = d.fn(value, *references, **m.kwargs)
+    return (d.per_sample() if per_sample else d.batch())(terms)
+
+
+def ratio_of_sums(terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    num, den = terms
+    return torch.div(num.sum(), den.sum().clamp_min(EPS))
+
+
+def ratio_per_sample(terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    num, den = terms
+    return torch.div(num, den.clamp_min(EPS))
+
+
+def mean_of_all(terms: torch.Tensor) -> torch.Tensor:
+    return terms.mean()
+
+
+def mean_per_sample(terms: torch.Tensor) -> torch.Tensor:
+    return terms.reshape(terms.shape[0], -1).mean(1)
+
+
+_BATCH = {"ratio": ratio_of_sums, "mean": mean_of_all}
+_PER_SAMPLE = {"ratio": ratio_per_sample, "mean": mean_per_sample}
+
+
+# ------------------------------------------------------------------------------------------- the metrics
+
+
+@register("rel_l1")
+def rel_l1(value: torch.Tensor, cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative L1 change against the cached value, sum|x - ref| / sum|ref| (one fused pass: rel_l1_sums).
+    FBCache (Chen et al., "First Block Cache", the diffusers / ParaAttention implementation), TeaCache (Liu et al.,
+    "Timestep Embedding Tells: It's Time to Cache for Video Diffusion Model", section 3.3), and most others."""
+    return rel_l1_sums(value, cached)
+
+
+@register("peer_rel_l1")
+def peer_rel_l1(value: torch.Tensor, peer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative L1 against the peer stream's value of the same site: the uncond output against this step's cond
+    output (MixCache's D_cfg; Wei et al., "MixCache: Mixture-of-Cache for Video Diffusion Transformer
+    Acceleration", section 3.3)."""
+    return rel_l1_sums(value, peer)
+
+
+@register("cfg_rel_l1")
+def cfg_rel_l1(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same distance within one batched-CFG value [uncond; cond]: sum|uncond - cond| / sum|cond|."""
+    halves = value.chunk(2)
+    return rel_l1_sums(halves[0], halves[1])
+
+
+@register("mag_ratio", reduce="mean")
+def mag_ratio(value: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+    """MagCache's magnitude ratio (Ma et al., "MagCache: Fast Video Generation with Magnitude-Aware Cache",
+    section 3.2): per token |x|_2 / |ref|_2 over channels, [B, tokens]; averaged over tokens."""
+    x, r = value.float(), cached.float()
+    q = torch.div(torch.linalg.vector_norm(x, dim=-1), torch.linalg.vector_norm(r, dim=-1))
+    return q.reshape(x.size(0), -1)
+
+
+@register("motion")
+def motion(value: torch.Tensor, *, per_frame: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaCache's motion term (Kahatapitiya et al., "Adaptive Caching for Faster Video Generation with Diffusion
+    Transformers", section 3.2, MoReg): with the token axis (dim 1) cut into frames of `per_frame` tokens,
+    sum|x[f + s] - x[f]| and sum|x[f + s]| + sum|x[f]| over the frames f that have a partner `stride` frames on.
+    No reference: one pass over this step's value."""
+    v = value.reshape(value.shape[0], value.shape[1] // per_frame, -1).float()
+    later, earlier = v[:, stride:], v[:, :-stride]
+    num = (later - earlier).abs().sum((1, 2))
+    return num, later.abs().sum((1, 2)) + earlier.abs().sum((1, 2))
+
+
+REL_L1 = metric("rel_l1")
+PEER_REL_L1 = metric("peer_rel_l1")
+CFG_REL_L1 = metric("cfg_rel_l1")
+MAG_RATIO = metric("mag_ratio")

@@ -11,7 +11,7 @@ import torch
 
 import fxcache
 from fxcache.backend import parse_options
-from fxcache.passes.specialize import motion_sums
+from fxcache.metrics import REL_L1, metric, motion
 from fxcache.plan import Site, residual
 from fxcache.policies.adacache import lookup
 
@@ -37,7 +37,7 @@ def script(policy, n: int, raw: dict, motion: dict | None = None, num_steps: int
     """One stream's calls 1..n; computed steps with a reference get `raw[k]` as the probe's rel_l1 (and
     `motion[k]` as every motion metric the plan asks for). Returns (labels, plans, rates after each call)."""
     drive = Driver(policy, n if num_steps == "n" else num_steps,
-                   measure=lambda call, site, metric: raw[call.step] if metric == "rel_l1" else motion[call.step])
+                   measure=lambda call, site, metric: raw[call.step] if metric == REL_L1 else motion[call.step])
     labels, plans, rates = "", [], []
     for k in range(1, n + 1):
         plan = drive(1000.0 * (1 - k / n))
@@ -62,7 +62,7 @@ def test_rate_sequence_by_hand():
     assert rates == [1, 3, 3, 3, 2, 2, 2, 2, 1, 3, 3, 3]
     probe = policy.probes[0]
     assert not plans[0].measure  # the first computed step has no reference
-    assert all(p.measure == {(probe, "rel_l1")} for p, c in zip(plans[1:], labels[1:]) if c == "C")
+    assert all(p.measure == {(probe, REL_L1)} for p, c in zip(plans[1:], labels[1:]) if c == "C")
     assert all(p.write == {residual(0, 3), probe} for p, c in zip(plans, labels) if c == "C")
     assert all(p.reuse == {residual(0, 3)} and not p.write for p, c in zip(plans, labels) if c == "s")
     # Without num_steps only step 1 is forced: steps 11 and 12 follow the rate set at step 10.
@@ -99,7 +99,7 @@ def test_moreg_sequence_by_hand():
     m = 4.75; d = 0.0625 / 2, score 0.1484375 -> 2 (0.03125 -> 3 without MoReg). k=9 = N-1 forced: m = 1, g = 0,
     d = 0.03125 -> 3. k=10 forced."""
     policy = bound(codebook=BOOK, moreg=True, moreg_steps=(3, 6), moreg_hyp=(0.5, 2, 1))
-    assert [m for _, m in policy.motion] == ["motion:16:1:0"]  # Wan zoo: 2 latent frames of 4 x 4 tokens
+    assert [m for _, m in policy.motion] == [metric("motion", per_frame=16, stride=1)]  # Wan zoo: 2 latent frames of 4 x 4 tokens
     raw = {2: 0.0625, 5: 0.1875, 7: 0.0625, 9: 0.0625, 10: 0.0625}
     labels, plans, rates = script(policy, 10, raw, motion={5: 0.25})
     assert labels == "CCssCsCsCC"
@@ -128,9 +128,9 @@ def _motion_reference(r: torch.Tensor, per_frame: int, stride: int) -> float:
 
 @pytest.mark.parametrize("shape, per_frame, stride", [((2, 5 * 6, 7), 6, 1), ((1, 4 * 9, 3), 9, 2),
                                                      ((3, 3, 8), 1, 1)])
-def test_motion_sums_match_reference(shape, per_frame, stride):
+def test_motion_matches_reference(shape, per_frame, stride):
     r = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    num, den = motion_sums(r, per_frame, stride)
+    num, den = motion(r, per_frame=per_frame, stride=stride)
     assert num.shape == den.shape == (shape[0],)  # per sample, as the other distance sums
     assert float(num.sum() / den.sum()) == pytest.approx(_motion_reference(r, per_frame, stride), rel=1e-5)
 
@@ -160,12 +160,12 @@ def test_motion_measured_in_the_variant_matches_reference():
 
 
 def test_moreg_layouts():
-    assert [m for _, m in bound("latte", moreg=True).motion] == ["motion:1:1:0"]  # temporal block (B * S, F, D)
+    assert [m for _, m in bound("latte", moreg=True).motion] == [metric("motion", per_frame=1, stride=1)]  # temporal block (B * S, F, D)
     p = bound("cogvideox", moreg=True)
     assert p.probes == [Site("module", 1, 2, "attn1")]  # no temporal modules: the self-attention
-    assert [m for _, m in p.motion] == ["motion:16:1:1"]  # the video output of the joint attention (text first)
+    assert [m for _, m in p.motion] == [metric("motion", per_frame=16, stride=1, output=1)]  # the video output of the joint attention (text first)
     assert [m for _, m in bound("wan", moreg=True, tokens_per_frame=8, moreg_strides=[1, 3]).motion] == [
-        "motion:8:1:0", "motion:8:3:0"]
+        metric("motion", per_frame=8, stride=1), metric("motion", per_frame=8, stride=3)]
 
 
 # ------------------------------------------------------------------------------------------------------ probes
@@ -189,7 +189,7 @@ def test_probe_sites_and_blocks():
 def test_two_probes_are_averaged():
     policy = bound(codebook=BOOK, probe_site="ca-mlp")
     a, b = policy.probes
-    measured = {2: {(a, "rel_l1"): 0.0625, (b, "rel_l1"): 0.3125}}
+    measured = {2: {(a, REL_L1): 0.0625, (b, REL_L1): 0.3125}}
     drive = Driver(policy, 10, measure=lambda call, site, metric: measured[call.step][(site, metric)])
     for _ in range(2):
         drive(None)

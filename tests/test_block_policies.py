@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import fxcache
+from fxcache.metrics import REL_L1
 from fxcache.backend import parse_options
 from fxcache.plan import Site
 from fxcache.policies import forecast
@@ -209,13 +210,13 @@ def test_dbcache_decisions():
     policy = bound("wan", policy="dbcache")
     assert policy.cuts(discovery("wan")) == (2, 3)
     dist = [None] * 8 + [0.05, 0.07, 0.2, 0.01, 0.09, 0.0]
-    plans = script(policy, schedule(len(dist)), measured=lambda k: {(policy.head, "rel_l1"): dist[k - 1]})
+    plans = script(policy, schedule(len(dist)), measured=lambda k: {(policy.head, REL_L1): dist[k - 1]})
     assert labels(plans) == "C" * 8 + "SSCSCS"
     skip = plans[8]
     assert skip.reuse == {Site("residual", 2, 3)} and skip.start == policy.cut
     b = bound("wan", policy="dbcache", Fn=1, Bn=1, warmup_steps=0, max_continuous_cached_steps=1)
     assert b.cuts(discovery("wan")) == (1, 2)
-    plans = script(b, schedule(5), measured=lambda k: {(b.head, "rel_l1"): 0.0})
+    plans = script(b, schedule(5), measured=lambda k: {(b.head, REL_L1): 0.0})
     assert labels(plans) == "CSCSC"
 
 
@@ -565,7 +566,7 @@ def test_foca_plans_write_the_window():
     from fxcache.plan import window_of
 
     policy = bound("wan", policy="dbcache", Fn=1, threshold=1e9, warmup_steps=2, forecast="foca")
-    plans = script(policy, schedule(8), measured=lambda k: {(policy.head, "rel_l1"): 0.0})
+    plans = script(policy, schedule(8), measured=lambda k: {(policy.head, REL_L1): 0.0})
     middle = policy.middle
     assert [p.label for p in plans] == ["full", "full"] + ["skip"] * 6
     assert window_of(middle) in plans[0].write and window_of(middle) in plans[1].write

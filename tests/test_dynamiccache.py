@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fxcache
+from fxcache.metrics import REL_L1
 from fxcache.backend import parse_options
 from fxcache.plan import Site
 
@@ -15,7 +16,7 @@ from .loop import denoise
 from .test_block_policies import bound as bound_policy
 from .zoo import ZOO
 
-OUT = (Site("output"), "rel_l1")
+OUT = (Site("output"), REL_L1)
 
 
 
@@ -93,7 +94,7 @@ def test_timestep_accumulation_matches_hand_worked_sequence():
         plan = drive(1000.0 * (1 - k / 8))
         first = drive.history[-1][1]
         if first.stop is not None:
-            assert first.label == "probe" and first.measure == {(Site("indicator", name="timestep"), "rel_l1")}
+            assert first.label == "probe" and first.measure == {(Site("indicator", name="timestep"), REL_L1)}
         seq += "F" if plan.label == "full" else "S"
     assert seq == "FSSFSFSF"
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fxcache
+from fxcache.metrics import PEER_REL_L1
 from fxcache.plan import OUTPUT
 from fxcache.policies.mixcache import FULL_OUTPUT, candidate_blocks
 
@@ -24,7 +25,7 @@ def _script(policy, d_step, d_cfg, d_block, d_full):
     runtime would measure); returns the labels of the (cond, uncond) calls per step."""
 
     def measure(call, site, metric):
-        if metric == "peer_rel_l1":
+        if metric == PEER_REL_L1:
             return d_cfg
         if site == OUTPUT:
             return d_step(call.step)

@@ -13,7 +13,8 @@ import torch
 
 import fxcache
 from fxcache import calibration
-from fxcache.profile import Target, main, profile
+from fxcache.profile import Target, profile
+from fxcache.profile.__main__ import main
 
 from .loop import denoise
 from .zoo import ZOO

@@ -5,6 +5,7 @@ engine options of issue 10 (`speculate`, `piecewise`) are validated and do what 
 from __future__ import annotations
 
 import pytest
+from fxcache.metrics import REL_L1
 import torch
 
 import fxcache
@@ -110,7 +111,7 @@ def test_variant_inputs_come_in_gathering_order(wan):
 
     cut = Stop("cut", c)
     skip = Plan(forecast=frozenset({tail}), coeffs=(2.0, -1.0), start=cut)
-    probe = Plan(measure=frozenset({(head, "rel_l1")}), stop=cut, then=skip)
+    probe = Plan(measure=frozenset({(head, REL_L1)}), stop=cut, then=skip)
     plans = [probe, skip, fuse(probe), Plan(write=frozenset({head, tail}))]
     for plan in plans:
         v = specialize(runtime.gm, d, plan)

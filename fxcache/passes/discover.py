@@ -10,7 +10,6 @@ output streams match its input streams in shape, so it can be replaced by "input
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -19,9 +18,10 @@ import torch.fx as fx
 
 from ..plan import Site, Stop
 from . import symbolic
+from .indicators import indicators
 from .modules import find_module_sites
-
-_INDEXED = re.compile(r"^(.*?)(?:\.(\d+)|\[(\d+)\]|\._modules\['(\d+)'\])$")
+from .nodes import block_of, dtype, is_param_like, shape
+from .streams import close_loop, streams_at
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Discovery:
         free = list(self.streams[a])
         out = []
         for y in self.streams[b]:
-            x = next((x for x in free if _shape(x) == _shape(y) and _dtype(x) == _dtype(y)), None)
+            x = next((x for x in free if shape(x) == shape(y) and dtype(x) == dtype(y)), None)
             if x is None:
                 return None
             free.remove(x)
@@ -140,42 +140,6 @@ class Discovery:
         return [n for n in self.nodes[:p] if n.op != "placeholder" and self.last_use.get(n, -1) >= p]
 
 
-def _shape(n: fx.Node):
-    v = n.meta.get("example_value", n.meta.get("val"))
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
-
-
-def _dtype(n: fx.Node):
-    v = n.meta.get("example_value", n.meta.get("val"))
-    return v.dtype if isinstance(v, torch.Tensor) else None
-
-
-def _is_tensor(n: fx.Node) -> bool:
-    return isinstance(n.meta.get("example_value", n.meta.get("val")), torch.Tensor)
-
-
-def _normalise(path: str) -> str:
-    """"L['self'].__dict__['_modules']['blocks'].1" -> "blocks.1"; "L['self'].transformer_blocks[0]" -> ..."""
-    path = re.sub(r"^[LG]\['[^']*'\]\.?", "", path)
-    path = path.replace("__dict__['_modules']", "").replace("._modules", "")
-    path = re.sub(r"\['([^']*)'\]", r".\1", path)
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    return re.sub(r"\.+", ".", path).strip(".")
-
-
-def block_of(node: fx.Node) -> tuple[str, int, str] | None:
-    """(list path, index, module type) of the outermost indexed module around `node`, if any."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    for path, mtype in stack.values():
-        norm = _normalise(path)
-        m = re.match(r"^(.*)\.(\d+)$", norm)
-        if m:
-            return m.group(1), int(m.group(2)), getattr(mtype, "__qualname__", str(mtype))
-    return None
-
-
 def _placeholder_name(n: fx.Node) -> str:
     src = getattr(n, "_dynamo_source", None)
     return (src.name if src is not None and hasattr(src, "name") else n.name).lower()
@@ -233,8 +197,8 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
         units.append(Unit(lst, i, next(iter(types[lst])), s, nxt))
     cuts = [u.start for u in units] + [units[-1].stop]
 
-    streams = [_streams_at(nodes, pos, last_use, units, cuts, k) for k in range(len(cuts))]
-    _close_loop(nodes, pos, last_use, units, cuts, streams)
+    streams = [streams_at(nodes, pos, last_use, units, cuts, k) for k in range(len(cuts))]
+    close_loop(nodes, pos, last_use, units, cuts, streams)
 
     d = Discovery(nodes=nodes, pos=pos, units=units, cuts=cuts, streams=streams,
                   timestep=timestep_input(gm, example_inputs),
@@ -243,98 +207,6 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
                   last_use=last_use, placeholders=placeholders,
                   symbols=symbolic.size_symbols(placeholders, is_param_like))
-    d.indicators = _indicators(d)
-    d.modules = find_module_sites(d, _normalise)
+    d.indicators = indicators(d)
+    d.modules = find_module_sites(d)
     return d
-
-
-def _streams_at(nodes, pos, last_use, units, cuts, k) -> list[fx.Node]:
-    """Tensors carried across cut k, in order of first use after the cut."""
-    c = cuts[k]
-    if k == 0:
-        # Inputs of unit 0 that the next block of the same list does not also read: what the first block
-        # transforms (not temb, rope, text embeddings shared by every block).
-        twin = next(u for u in units[1:] if u.list_name == units[0].list_name)
-        u0 = set(nodes[units[0].start:units[0].stop])
-        u1 = set(nodes[twin.start:twin.stop])
-        read0 = _external_reads(nodes[units[0].start:units[0].stop], u0)
-        read1 = set(_external_reads(nodes[twin.start:twin.stop], u1))
-        return [n for n in read0
-                if n not in read1 and _is_tensor(n) and not (n.op == "placeholder" and is_param_like(n))]
-    lo = cuts[k - 1]
-    live = [n for n in nodes[lo:c] if last_use.get(n, -1) >= c and _is_tensor(n)]
-    first_use = {n: min(pos[u] for u in n.users if pos[u] >= c) for n in live}
-    return sorted(live, key=lambda n: first_use[n])
-
-
-def _close_loop(nodes, pos, last_use, units, cuts, streams, reach: int = 64) -> None:
-    """Extend the last unit over the loop's trailing glue (Latte reshapes back to the spatial layout after its
-    last temporal block) until the streams leaving it match the ones entering block 0 in shape."""
-    want = [(_shape(n), _dtype(n)) for n in streams[0]]
-
-    def matches(ss):
-        have = [(_shape(n), _dtype(n)) for n in ss]
-        return bool(have) and all(h in want for h in have)
-
-    if matches(streams[-1]):
-        return
-    for p in range(cuts[-1] + 1, min(len(nodes) - 1, cuts[-1] + reach)):
-        trial = cuts[:-1] + [p]
-        ss = _streams_at(nodes, pos, last_use, units, trial, len(trial) - 1)
-        if matches(ss):
-            units[-1].stop = cuts[-1] = p
-            streams[-1] = ss
-            return
-
-
-def is_param_like(n: fx.Node) -> bool:
-    td = n.meta.get("tensor_dict", {})
-    return bool(td.get("_dynamo_static_input_type")) or "_parameters_" in n.name or "_buffers_" in n.name
-
-
-def _external_reads(unit_nodes, inside) -> list[fx.Node]:
-    seen, out = set(), []
-    for n in unit_nodes:
-        for a in n.all_input_nodes:
-            if a not in inside and a not in seen:
-                seen.add(a)
-                out.append(a)
-    return out
-
-
-def _indicators(d: Discovery) -> dict[str, fx.Node]:
-    """TeaCache's indicators. "modulated_input": the tensor block 0 feeds into its first attention module
-    (norm1(h) * (1 + scale) + shift). "timestep": the timestep embedding that block 0 reads (temb / e0)."""
-    found: dict[str, fx.Node] = {}
-    u0 = d.units[0]
-    inside = d.nodes[u0.start:u0.stop]
-    unit_set = set(inside)
-    for n in inside:
-        stack = n.meta.get("nn_module_stack") or {}
-        paths = [_normalise(p) for p, _ in stack.values()]
-        if any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", p) for p in paths):
-            cands = [a for a in n.all_input_nodes if a in unit_set and _is_tensor(a)
-                     and not any(re.search(r"\.(attn\w*|attention\w*|self_attn\w*)$", _normalise(p))
-                                 for p, _ in (a.meta.get("nn_module_stack") or {}).values())]
-            if cands:
-                found["modulated_input"] = cands[0]
-                break
-    if d.timestep is not None:
-        ts = d.placeholders[d.timestep]
-        dep = _descendants(ts)
-        for a in _external_reads(inside, unit_set):
-            if a in dep and _is_tensor(a) and len(_shape(a) or ()) >= 2:
-                found["timestep"] = a
-                break
-    return found
-
-
-def _descendants(root: fx.Node) -> set[fx.Node]:
-    out, todo = set(), [root]
-    while todo:
-        n = todo.pop()
-        for u in n.users:
-            if u not in out:
-                out.add(u)
-                todo.append(u)
-    return out

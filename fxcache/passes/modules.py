@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from ..plan import Site
+from .nodes import is_param_like, is_tensor, normalise
 
 _ATTENTION = re.compile(r"attention|attn", re.I)
 _MLP = re.compile(r"feedforward|mlp|ffn", re.I)
@@ -41,7 +42,7 @@ class ModuleSite:
         return f"{self.path}({self.role}{', temporal' if self.temporal else ''})"
 
 
-def _child(node: fx.Node, normalise) -> tuple[str, str] | None:
+def _child(node: fx.Node) -> tuple[str, str] | None:
     """(path, class name) of the module directly inside the outermost indexed module (the block) around `node`."""
     stack = list((node.meta.get("nn_module_stack") or {}).values())
     for k, (path, _) in enumerate(stack):
@@ -64,10 +65,8 @@ def _descendants(roots, limit: set) -> set:
     return out
 
 
-def find_module_sites(d, normalise) -> dict[Site, ModuleSite]:
+def find_module_sites(d) -> dict[Site, ModuleSite]:
     """Attention and MLP sites of every unit of Discovery `d` whose outputs are tensors a variant can replace."""
-    from .discover import _is_tensor, is_param_like
-
     encoder = d.placeholders[d.encoder] if d.encoder is not None else None
     from_text = _descendants([encoder], set(d.nodes)) | {encoder} if encoder is not None else set()
     found: dict[Site, ModuleSite] = {}
@@ -77,7 +76,7 @@ def find_module_sites(d, normalise) -> dict[Site, ModuleSite]:
         from_streams = _descendants(d.streams[k], unit_set) | set(d.streams[k])
         groups: dict[str, tuple[str, list]] = {}
         for n in inside:
-            c = _child(n, normalise)
+            c = _child(n)
             if c is not None and n.op not in ("placeholder", "output", "get_attr"):
                 groups.setdefault(c[0], (c[1], []))[1].append(n)
         for path, (mtype, members) in groups.items():
@@ -89,10 +88,10 @@ def find_module_sites(d, normalise) -> dict[Site, ModuleSite]:
                 continue
             member_set = frozenset(members)
             outputs = [n for n in members if any(u not in member_set for u in n.users) and not d.recomputable(n)]
-            if not outputs or not all(_is_tensor(n) for n in outputs):
+            if not outputs or not all(is_tensor(n) for n in outputs):
                 continue
             reads = [a for n in members for a in n.all_input_nodes if a not in member_set]
-            if role == "attn" and any(_is_tensor(a) and a in from_text and a not in from_streams
+            if role == "attn" and any(is_tensor(a) and a in from_text and a not in from_streams
                                       and not (a.op == "placeholder" and is_param_like(a)) for a in reads):
                 role = "cross"
             local = path.rsplit(".", 1)[-1]

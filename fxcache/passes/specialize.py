@@ -8,8 +8,7 @@ The variant computes the node range [start, stop) of the original graph with:
 - forecast sites: as reused ones, with "the cached value" replaced by `sum_i coeffs[i] * cached value i` (slot 0
   the newest) and the weights an input of the variant (linear extrapolation, Taylor expansion: the policy
   chooses the weights);
-- written / measured sites: their values (and relative-L1 numerator/denominator against the cached value) become
-  extra outputs;
+- written / measured sites: their values (and the plan's metrics of them) become extra outputs;
 - a probe (`plan.stop`): outputs everything a continuation may need; a continuation (`plan.start`): takes the
   probe's values as inputs; a fused plan (`plan.emit_at`, a probe and its guessed continuation) computes to the end
   and outputs what a continuation from `emit_at` needs as well;
@@ -17,67 +16,33 @@ The variant computes the node range [start, stop) of the original graph with:
   a cond-half plan (`plan.half`, batched CFG, specialised on the half-batch graph) returns [rebuilt uncond; cond].
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
 
-Inputs and outputs are described by keys, which the runtime uses to wire tensors:
-  inputs : ("arg", i) original input i | ("val", name) value computed by the probe | ("cache", site, j, slot) |
-           ("peer", site, j, slot) the same from the plan's peer stream | ("coef",) the forecast weights (1-D
-           float32) | ("scales",) the CFG rebuild's band scales (1-D float32)
-  outputs: ("out", i) original output i | ("val", name) | ("site", site, j) | ("fin", site): all values finite |
-           ("reads", keys): the plan's distances, one float32 vector, entry i for (site, metric) keys[i]
-
-Metrics of a measured site (the first stream of it, per sample summed): "rel_l1" against its cached value;
-"peer_rel_l1" against the peer stream's cached value (the cond output of this step, for the uncond call: MixCache's
-D_cfg); "cfg_rel_l1" between the halves of a batched-CFG value `[uncond; cond]` (the same distance in one call);
-"mag_ratio" (MagCache); "motion:<S>:<s>:<j>" (AdaCache's MoReg, on output j of the site, S tokens per latent
-frame along its token axis, frame stride s: `motion_sums`). A plan that reuses OUTPUT returns the cached output and
-runs nothing.
+A measured site's metrics are registered functions (fxcache/metrics.py): each is called on the site's value and
+the references it declares (this stream's cached value, the peer stream's), its terms reduced to one value for the
+batch; this pass knows no metric by name. A plan that reuses OUTPUT returns the cached output and runs nothing.
+Inputs and outputs are described by keys (passes/variant.py).
 """
 
 from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 
+from .. import metrics
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
-from ..triton_kernels import forecast, rel_l1_sums, residual_apply
+from ..triton_kernels import forecast, residual_apply
 from . import cfg, symbolic
 from .discover import Discovery
-
-
-@dataclass
-class Variant:
-    gm: fx.GraphModule
-    inputs: list[tuple]
-    outputs: list[tuple]
-    units_computed: int
-    units_probe: int | None = None  # a fused plan's: the units its probe part computes
-    wiring: object = None  # the runtime's precomputed gathering of `inputs` (executor.Wiring)
-
-
-def _site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]:
-    """(outputs, inputs) of a site in original nodes; an indicator has no inputs."""
-    if site.kind in ("residual", "stream"):
-        pairs = d.pairs(site.start, site.stop)
-        return [y for _, y in pairs], [x for x, _ in pairs]
-    if site.kind == "indicator":
-        return [d.indicators[site.name]], []
-    if site.kind == "module":
-        return list(d.modules[site].outputs), []
-    if site.kind in ("output", "cfg"):
-        out = d.nodes[-1].args[0]
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return ([out, out] if site.kind == "cfg" else [out]), []
-    raise ValueError(f"unsupported site {site}")
+from .variant import Variant, finish, output_variant, rebuild_variant, site_nodes
 
 
 def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     if CFG in plan.reuse:
-        return _rebuild_variant(gm, d, OUTPUT in plan.write)
+        return rebuild_variant(gm, d, OUTPUT in plan.write)
     if OUTPUT in plan.reuse:
-        return _output_variant(gm, d)
+        return output_variant(gm, d)
     start = d.position(plan.start) if plan.start is not None else 0
     stop = d.position(plan.stop) if plan.stop is not None else len(d.nodes)
     g = fx.Graph()
@@ -161,7 +126,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
 
     def rebuild(p: int) -> None:
         for site in at_cut.pop(p, []):
-            outs, ins = _site_nodes(d, site)
+            outs, ins = site_nodes(d, site)
             for j, (o, i) in enumerate(zip(outs, ins)):
                 cached = cached_value(site, j, o, f"cache_{site.kind}_{site.start}_{site.stop}_{j}")
                 env[o] = cached if site.kind == "stream" else g.call_function(residual_apply, (value(i), cached))
@@ -183,7 +148,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         results.append(node)
 
     def site_values(site: Site) -> list[fx.Node]:
-        outs, ins = _site_nodes(d, site)
+        outs, ins = site_nodes(d, site)
         base = Site(site.kind, site.start, site.stop)
         if site.name == "window" and base in plan.forecast:  # the forecast itself, exactly
             return [forecasts[(base, j)] if (base, j) in forecasts else cached_value(base, j, o, f"fc_{j}")
@@ -228,36 +193,16 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         while len(finite) > 1:
             finite = [g.call_function(torch.logical_and, (finite[0], finite[1]))] + finite[2:]
         emit(("fin", site), finite[0])
-        if measured.get(site):
-            # Per sample (dim 0), first stream only (the image stream of dual-stream blocks, as FBCache does).
-            like = _site_nodes(d, site)[0][0]
-            for metric in measured[site]:
-                if metric in ("rel_l1", "peer_rel_l1"):  # sum|x - ref| and sum|ref|, one fused pass
-                    ref = placeholder(("cache" if metric == "rel_l1" else "peer", site, 0, 0), like,
-                                      f"{metric}_{site.kind}_{site.start}_{site.stop}{site.name}")
-                    sums = g.call_function(rel_l1_sums, (vals[0], ref))
-                elif metric == "cfg_rel_l1":  # [uncond; cond]: sum|uncond - cond| and sum|cond|
-                    halves = g.call_method("chunk", (vals[0], 2))
-                    sums = g.call_function(rel_l1_sums, tuple(g.call_function(operator.getitem, (halves, k))
-                                                              for k in (0, 1)))
-                elif metric == "mag_ratio":  # MagCache: mean over tokens of |x|_2 / |ref|_2 over channels
-                    ref = placeholder(("cache", site, 0, 0), like, f"ref_{site.kind}_{site.start}_{site.stop}")
-                    x, r = g.call_method("float", (vals[0],)), g.call_method("float", (ref,))
-                    nx = g.call_function(torch.linalg.vector_norm, (x,), {"dim": -1})
-                    nr = g.call_function(torch.linalg.vector_norm, (r,), {"dim": -1})
-                    q = g.call_method("reshape", (g.call_function(torch.div, (nx, nr)),
-                                                  g.call_method("size", (x, 0)), -1))
-                    reads.append(((site, metric), g.call_method("mean", (q,))))
-                    continue
-                elif metric.startswith("motion:"):  # AdaCache's MoReg: no reference, one fused pass
-                    _, per_frame, stride, j = metric.split(":")
-                    sums = g.call_function(motion_sums, (vals[int(j)], int(per_frame), int(stride)))
-                else:
-                    raise ValueError(f"unknown metric {metric!r}")
-                num, den = (g.call_function(operator.getitem, (sums, k)) for k in (0, 1))
-                reads.append(((site, metric), g.call_function(
-                    torch.div, (g.call_method("sum", (num,)), g.call_method("clamp_min", (g.call_method("sum", (den,)),
-                                                                                        1e-12))))))
+        for m in measured.get(site, ()):
+            # The registered function on output `m.output`, and what it reads besides (metrics.py); its terms
+            # reduced to one value for the batch inside the variant.
+            spec = metrics.definition(m)
+            like = site_nodes(d, site)[0][m.output]
+            refs = [placeholder(("cache" if ref == "cached" else "peer", site, m.output, 0), like,
+                                f"{ref}_{m.name}_{site.kind}_{site.start}_{site.stop}{site.name}")
+                    for ref in spec.references]
+            terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
+            reads.append(((site, m), g.call_function(spec.batch(), (terms,))))
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read
         emit(("reads", tuple(k for k, _ in reads)), g.call_function(
             torch.stack, ([g.call_method("float", (v,)) for _, v in reads],)))
@@ -271,7 +216,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         at = d.position(boundary)
         needed = {n for n in d.live_at(at)}
         for site in _continuation_sites(d):
-            _, ins = _site_nodes(d, site)
+            _, ins = site_nodes(d, site)
             needed.update(i for i in ins if d.pos[i] < at and i.op != "placeholder")
         for n in sorted(needed, key=d.pos.__getitem__):
             if d.recomputable(n):  # the continuation computes size values itself
@@ -280,21 +225,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                 emit(("val", n.name), value(n))
     g.output(tuple(results))
 
-    # Inputs in the order the runtime gathers them fastest: graph inputs, probe values, cached values, weights.
-    order = sorted(range(len(inputs)), key=lambda k: (_INPUT_ORDER[inputs[k][0]], k))
-    inputs[:], placeholders[:] = [inputs[k] for k in order], [placeholders[k] for k in order]
-    anchor = next((n for n in g.nodes if n.op != "placeholder"), None)
-    if anchor is not None:
-        for ph in placeholders:
-            anchor.prepend(ph)
-    g.eliminate_dead_code()
-    keep = []
-    for ph, key in zip(placeholders, inputs):
-        if ph.users:
-            keep.append(key)
-        else:
-            g.erase_node(ph)
-    g.lint()
+    keep = finish(g, placeholders, inputs)
     skipped_units = {k for s in plan.reuse | plan.forecast if s.kind in ("residual", "stream")
                      for k in range(s.start, s.stop)}
 
@@ -306,60 +237,6 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     # Counted as the probe and the guess would be on their own: a unit the probe entered is computed.
     probe = units(start, probe_end, skips=False)
     return Variant(fx.GraphModule(gm, g), keep, outputs, probe + units(probe_end, stop), probe)
-
-
-_INPUT_ORDER = {"arg": 0, "val": 1, "cache": 2, "peer": 2, "coef": 3, "scales": 3}
-
-
-def motion_sums(x: torch.Tensor, per_frame: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """AdaCache's motion term as per-sample sums: with x's token axis (dim 1) cut into frames of `per_frame` tokens,
-    sum|x[f + s] - x[f]| and sum|x[f + s]| + sum|x[f]| over the frames f that have a partner s frames on."""
-    v = x.reshape(x.shape[0], x.shape[1] // per_frame, -1).float()
-    later, earlier = v[:, stride:], v[:, :-stride]
-    num = (later - earlier).abs().sum((1, 2))
-    return num, later.abs().sum((1, 2)) + earlier.abs().sum((1, 2))
-
-
-def _rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False) -> Variant:
-    """The output rebuilt from the peer stream's output and this stream's cached band images; nothing of the
-    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`). With
-    `write_output`, the rebuilt output is also this stream's OUTPUT site (MixCache's step reuse reads it)."""
-    g = fx.Graph()
-    out = _site_nodes(d, OUTPUT)[0][0]
-    keys = [("peer", OUTPUT, 0, 0), ("cache", CFG, 0, 0), ("cache", CFG, 1, 0), ("scales",)]
-    phs = [g.placeholder(name) for name in ("peer_output", "cfg_low", "cfg_high", "cfg_scales")]
-    for ph in phs[:3]:
-        ph.meta = copy.copy(out.meta)
-    rebuilt = g.call_function(cfg.rebuild, tuple(phs))
-    if not write_output:
-        g.output((rebuilt,))
-        return Variant(fx.GraphModule(gm, g), keys, [("out", 0)], 0)
-    finite = g.call_method("all", (g.call_function(torch.isfinite, (rebuilt,)),))
-    g.output((rebuilt, rebuilt, finite))
-    return Variant(fx.GraphModule(gm, g), keys, [("out", 0), ("site", OUTPUT, 0), ("fin", OUTPUT)], 0)
-
-
-def _output_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
-    """The stream's cached output returned as this call's output (MixCache's step level); nothing runs. Only
-    for graphs whose outputs are one tensor (`rebuildable`)."""
-    g = fx.Graph()
-    ph = g.placeholder("cached_output")
-    ph.meta = copy.copy(_site_nodes(d, OUTPUT)[0][0].meta)
-    g.output((g.call_function(torch.clone, (ph,)),))  # a fresh tensor: the caller may modify what it gets
-    return Variant(fx.GraphModule(gm, g), [("cache", OUTPUT, 0, 0)], [("out", 0)], 0)
-
-
-def rebuildable(d: Discovery) -> str | None:
-    """Why the model output cannot be rebuilt by FasterCache's CFG-Cache, or None if it can: the graph must
-    return one tensor with the spatial dimensions last (a latent image or video, rank >= 4)."""
-    out = d.nodes[-1].args[0]
-    flat = list(out) if isinstance(out, (tuple, list)) else [out]
-    if len(flat) != 1 or not isinstance(flat[0], fx.Node):
-        return f"the model returns {len(flat)} values, not one latent"
-    v = flat[0].meta.get("example_value", flat[0].meta.get("val"))
-    if not isinstance(v, torch.Tensor) or v.ndim < 4:
-        return "the model output is not a latent image or video (rank >= 4, spatial dimensions last)"
-    return None
 
 
 def _continuation_sites(d: Discovery) -> list[Site]:

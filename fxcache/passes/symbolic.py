@@ -18,12 +18,10 @@ import torch.fx as fx
 from torch.utils._sympy.interp import sympy_interp
 from torch.utils._sympy.reference import PythonReferenceAnalysis
 
+from .nodes import example
+
 _SYM = (torch.SymInt, torch.SymFloat, torch.SymBool)
 _SCALAR = _SYM + (int, float, bool)
-
-
-def example(n: fx.Node):
-    return n.meta.get("example_value", n.meta.get("val"))
 
 
 def is_size_value(n: fx.Node) -> bool:

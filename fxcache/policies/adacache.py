@@ -60,8 +60,8 @@ Options and defaults:
 - `forecast` / `order` (StepForecast): what a skipped step adds, the cached residual ("reuse", the method) or a
   Taylor / FoCa forecast of it (an fxcache extension, off by default).
 
-MoReg's motion term is computed inside the compiled variant (metric "motion:<S>:<s>:<j>" of
-passes/specialize.py, output j of the probe site, S tokens per latent frame along its token axis, stride s), as
+MoReg's motion term is computed inside the compiled variant (metric "motion" of
+fxcache/metrics.py, output j of the probe site, S tokens per latent frame along its token axis, stride s), as
 num / den sums that the runtime reads with the distances in the same host read. S comes from the graph: the latent
 input (`Discovery.hidden`) must be a 5-D video, (B, C, F, H, W) or (B, F, C, H, W); the probe output is (B, F' * S,
 D) with S = (H / p)(W / p) and F' = F / pt frames for a temporal patch pt dividing F and a square spatial patch p
@@ -94,6 +94,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import option_error
+from ..metrics import REL_L1, Metric, metric
+from ..passes.nodes import example
 from ..plan import Plan, Site, residual
 from .base import Param, Policy, Unsupported, non_negative, real
 from .forecast import StepForecast
@@ -148,8 +150,7 @@ def _hyp_ok(v) -> bool:
 
 
 def _shape(node) -> tuple | None:
-    v = node.meta.get("example_value", node.meta.get("val"))
-    shape = getattr(v, "shape", None)
+    shape = getattr(example(node), "shape", None)
     return tuple(shape) if shape is not None else None
 
 
@@ -208,7 +209,7 @@ class AdaCache(StepForecast, Policy):
                                    f"{self.codebook!r}")
         self._tables: dict = {}
         self.probes: list[Site] = []
-        self.motion: list[tuple[Site, str]] = []
+        self.motion: list[tuple[Site, Metric]] = []
 
     # ------------------------------------------------------------------------------------------------ binding
 
@@ -267,7 +268,7 @@ class AdaCache(StepForecast, Policy):
         return probes
 
     def _motion(self, d) -> list[tuple[Site, str]]:
-        """MoReg's metrics: one "motion:<S>:<stride>:<output>" per stride, on the last probe site."""
+        """MoReg's metrics: one "motion" (S tokens per frame, a stride, an output) per stride, on the last probe."""
         def refuse(why: str):
             return option_error(f"fxcache: option 'moreg' of policy 'adacache' cannot be used here: {why}")
 
@@ -290,7 +291,7 @@ class AdaCache(StepForecast, Policy):
                          f"layout MoReg knows; it needs {need}tokens in (B, frames * S, D) or (B * S, frames, D) "
                          f"order (option 'tokens_per_frame' sets S for (B, L, D) outputs)")
         j, per_frame = found
-        return [(site, f"motion:{per_frame}:{s}:{j}") for s in strides]
+        return [(site, metric("motion", per_frame=per_frame, stride=s, output=j)) for s in strides]
 
     def _layout(self, latent: tuple, outs: list, stride: int) -> tuple[int, int] | None:
         """(output index, tokens per frame along its token axis): the longest output of the probe that holds
@@ -357,7 +358,7 @@ class AdaCache(StepForecast, Policy):
             return self.skipped(call, state, frozenset({self.stack}), label="skip")
         measure: set = set()
         if has_ref:
-            measure.update((p, "rel_l1") for p in self.probes)
+            measure.update((p, REL_L1) for p in self.probes)
             lo, hi = self.table(call.num_steps)[1]
             if self.motion and lo <= call.step <= hi:
                 measure.update(self.motion)
@@ -368,9 +369,9 @@ class AdaCache(StepForecast, Policy):
         if plan.label != "full":
             return
         k, measured = call.step, call.measured
-        if all((p, "rel_l1") in measured for p in self.probes):
+        if all((p, REL_L1) in measured for p in self.probes):
             gap = max(1, k - state.prev)
-            d = sum(measured[(p, "rel_l1")] for p in self.probes) / len(self.probes) / gap
+            d = sum(measured[(p, REL_L1)] for p in self.probes) / len(self.probes) / gap
             m = 1.0
             if self.moreg:
                 lo, hi = self.table(call.num_steps)[1]
@@ -392,5 +393,5 @@ class AdaCache(StepForecast, Policy):
         if self.probes:
             text += f"; probes {', '.join(map(str, self.probes))}"
         if self.motion:
-            text += f"; motion {', '.join(metric for _, metric in self.motion)}"
+            text += f"; motion {', '.join(str(m) for _, m in self.motion)}"
         return text

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..metrics import REL_L1
 from ..plan import Plan, Stop, residual
 from .base import Param, Policy, Unsupported, non_negative, positive
 from .budget import LIMITS, BudgetState, ErrorBudget, warmup_param
@@ -78,10 +79,10 @@ class DBCache(StepForecast, Policy):
             return self.computed(call, state, self.write_all)
         skips = bool(self.budget.can_skip(state.budget)[0])
         guess = (self._skip(call, state) if skips else self.computed_plan(self.full_continuation))
-        return Plan(measure=frozenset({(self.head, "rel_l1")}), stop=self.cut, label="probe", then=guess)
+        return Plan(measure=frozenset({(self.head, REL_L1)}), stop=self.cut, label="probe", then=guess)
 
     def decide(self, call, state: ProbeState) -> Plan:
-        d = call.measured[(self.head, "rel_l1")]
+        d = call.measured[(self.head, REL_L1)]
         if self.joint and call.agreed is not None:  # the step's first call decided for every stream
             d = 0.0 if call.agreed == "skip" else float("inf")
         if self.budget.decide(state.budget, d)[0]:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from ..errors import option_error
 from .base import Param, non_negative
+from ..metrics import REL_L1
 from .budget import BudgetState, ErrorBudget
 from .teacache import TeaCache, TeaState
 
@@ -123,6 +124,6 @@ class DynamicCache(TeaCache):
     def observe(self, call, state: TeaState, plan) -> None:
         super().observe(call, state, plan)
         if (self.indicator == "output" and self.joint and plan.label == "full"
-                and (self.site, "rel_l1") in call.measured and state.estimate is not None
+                and (self.site, REL_L1) in call.measured and state.estimate is not None
                 and math.isfinite(state.estimate)):
             call.shared.estimates[call.stream] = state.estimate

@@ -44,7 +44,7 @@ from typing import Callable
 from ..errors import option_error
 from ..families import family
 from ..passes.modules import sites_with
-from ..passes.specialize import rebuildable
+from ..passes.variant import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
 from .base import Param, Policy, Unsupported, positive
 from .forecast import linear

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..calibration import save_mag_ratios
 from ..errors import option_error
 from ..families import family
+from ..metrics import MAG_RATIO
 from ..plan import Plan, residual
 from .base import Param, Policy, Unsupported, finite_reals, fraction, non_negative, positive
 from .budget import LIMITS, BudgetState, ErrorBudget
@@ -124,7 +125,7 @@ class MagCache(StepForecast, Policy):
         self.rho = r if self.retention is None else self.retention
         self.budget = ErrorBudget(self.thresh, max_consecutive_skips=self.k, max_cached_steps=self.max_cached_steps)
         self.compute = Plan(write=frozenset({self.stack}), label="full")
-        self.calibrating = Plan(write=self.compute.write, measure=frozenset({(self.stack, "mag_ratio")}), label="full")
+        self.calibrating = Plan(write=self.compute.write, measure=frozenset({(self.stack, MAG_RATIO)}), label="full")
 
     def new_state(self) -> MagState:
         return MagState()
@@ -154,5 +155,5 @@ class MagCache(StepForecast, Policy):
             return
         # Calibration mode: the one place a policy writes a file (the option asks for it); `python -m
         # fxcache.profile` is the calibration tool that keeps policies out of it.
-        self.recorded.setdefault(call.stream, []).append(call.measured.get((self.stack, "mag_ratio"), 1.0))
+        self.recorded.setdefault(call.stream, []).append(call.measured.get((self.stack, MAG_RATIO), 1.0))
         save_mag_ratios(self.calibrate, self.recorded)

@@ -40,7 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..families import family
-from ..passes.specialize import rebuildable
+from ..passes.variant import rebuildable
+from ..metrics import CFG_REL_L1, PEER_REL_L1, REL_L1, Metric
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site
 from .base import Param, Policy, Unsupported, fraction, positive
 
@@ -243,7 +244,7 @@ class MixCache(Policy):
         return mode == "cfg" or call.cached(self.streams[int(mode.split("@")[1])]) > 0
 
     @staticmethod
-    def _measure(call, sites, metric: str = "rel_l1") -> frozenset:
+    def _measure(call, sites, metric: Metric = REL_L1) -> frozenset:
         return frozenset((s, metric) for s in sites if call.cached(s))
 
     def _computed_plan(self, call, reuse: frozenset, label: str, after: int = 0) -> Plan:
@@ -258,7 +259,7 @@ class MixCache(Policy):
         measure = set(self._measure(call, (OUTPUT, FULL_OUTPUT, *streams)))
         if batch and self.allowed & {"cfg", "block"}:
             write.add(CFG_BATCH)
-            measure.add((OUTPUT, "cfg_rel_l1"))
+            measure.add((OUTPUT, CFG_REL_L1))
         return Plan(write=frozenset(write), measure=frozenset(measure), label="full")
 
     def _uncond_plan(self, mode: str, call) -> Plan:
@@ -268,25 +269,25 @@ class MixCache(Policy):
         if mode not in ("full", "step") and call.cached(CFG):
             return Plan(reuse=frozenset({CFG}), write=frozenset({OUTPUT}), scales=(1.0, 1.0), peer=peer, label=mode)
         if "cfg" in self.allowed or "block" in self.allowed:
-            return Plan(write=frozenset({OUTPUT, CFG}), measure=frozenset({(OUTPUT, "peer_rel_l1")}), peer=peer,
+            return Plan(write=frozenset({OUTPUT, CFG}), measure=frozenset({(OUTPUT, PEER_REL_L1)}), peer=peer,
                         label="full")
         return Plan(write=frozenset({OUTPUT}), label="full")
 
     def observe(self, call, state, plan: Plan) -> None:
         shared: MixShared = call.shared
         measured = call.measured
-        if (OUTPUT, "peer_rel_l1") in measured or (OUTPUT, "cfg_rel_l1") in measured:
+        if (OUTPUT, PEER_REL_L1) in measured or (OUTPUT, CFG_REL_L1) in measured:
             shared.cfg_seen = True
-            shared.d["cfg"] = measured.get((OUTPUT, "peer_rel_l1"), measured.get((OUTPUT, "cfg_rel_l1")))
+            shared.d["cfg"] = measured.get((OUTPUT, PEER_REL_L1), measured.get((OUTPUT, CFG_REL_L1)))
         if call.role == "uncond":
             return
-        if (OUTPUT, "rel_l1") in measured:
-            shared.d["step"] = measured[(OUTPUT, "rel_l1")]
+        if (OUTPUT, REL_L1) in measured:
+            shared.d["step"] = measured[(OUTPUT, REL_L1)]
         for i, s in self.streams.items():
-            if (s, "rel_l1") in measured:
-                shared.d[f"block@{i}"] = measured[(s, "rel_l1")]
+            if (s, REL_L1) in measured:
+                shared.d[f"block@{i}"] = measured[(s, REL_L1)]
         if plan.label != "full":
             return
-        if (FULL_OUTPUT, "rel_l1") in measured and shared.rescale == call.step:
-            d_full = measured[(FULL_OUTPUT, "rel_l1")]
+        if (FULL_OUTPUT, REL_L1) in measured and shared.rescale == call.step:
+            d_full = measured[(FULL_OUTPUT, REL_L1)]
             shared.n = self._n(d_full if d_full == d_full else self.d2)  # NaN: the shortest interval

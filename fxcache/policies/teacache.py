@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..families import family
+from ..metrics import REL_L1
 from ..plan import Plan, Site, Stop, residual
 from .base import Param, Policy, Unsupported, finite_reals, non_negative
 from .budget import LIMITS, BudgetState, ErrorBudget, warmup_param
@@ -100,7 +101,7 @@ class TeaCache(StepForecast, Policy):
             self.poly = np.poly1d(list(self.coefficients))
         self.family = fam
         self.compute = Plan(write=frozenset({self.stack, self.site}), label="full")
-        self.compute_measured = Plan(write=self.compute.write, measure=frozenset({(self.site, "rel_l1")}),
+        self.compute_measured = Plan(write=self.compute.write, measure=frozenset({(self.site, REL_L1)}),
                                      label="full")
         if self.indicator != "output":
             self.full_continuation = Plan(write=frozenset({self.stack}), start=self.stop, label="full")
@@ -121,7 +122,7 @@ class TeaCache(StepForecast, Policy):
             return self._computed(call, state)
         guess = (self._skip(call, state) if self.budget.can_skip(state.budget)[0]
                  else self.computed_plan(self.full_continuation))
-        return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, "rel_l1")}), stop=self.stop,
+        return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, REL_L1)}), stop=self.stop,
                     label="probe", then=guess)
 
     def estimate(self, call, state: TeaState) -> float | None:
@@ -145,14 +146,14 @@ class TeaCache(StepForecast, Policy):
         return self.skipped(call, state, self.forecastable, start=self.stop, label="skip")
 
     def decide(self, call, state: TeaState) -> Plan:
-        if self._skips(call, state, float(self.poly(call.measured[(self.site, "rel_l1")]))):
+        if self._skips(call, state, float(self.poly(call.measured[(self.site, REL_L1)]))):
             return self._skip(call, state)
         return self.computed(call, state, self.full_continuation)
 
     def observe(self, call, state: TeaState, plan: Plan) -> None:
         if plan.label != "full":
             return
-        if self.indicator == "output" and (self.site, "rel_l1") in call.measured:
+        if self.indicator == "output" and (self.site, REL_L1) in call.measured:
             gap = max(1, call.step - state.previous_computed)
-            state.estimate = float(self.poly(call.measured[(self.site, "rel_l1")] / gap))
+            state.estimate = float(self.poly(call.measured[(self.site, REL_L1)] / gap))
         state.previous_computed = call.step

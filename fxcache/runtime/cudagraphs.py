@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from ..passes.discover import is_param_like
+from ..passes.nodes import is_param_like
 
 COPY, WEIGHT, IN_PLACE = "copy", "weight", "in place"
 KEEP = 4  # captures per variant (thread x shapes x model instance x buffer addresses)

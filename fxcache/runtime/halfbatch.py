@@ -26,7 +26,9 @@ from collections import OrderedDict
 import torch
 
 from ..halfbatch_trace import HalfSource  # noqa: F401 - re-exported: the backend builds one per graph
-from ..passes.discover import Discovery, discover, is_param_like
+from ..passes.discover import Discovery, discover
+from ..passes.nodes import is_param_like
+from ..passes.nodes import example
 
 KEEP = 4  # traces whose compiled variants are kept (distinct input shapes in use at once)
 WIRINGS = 64  # traces whose input wiring is kept once their variants are dropped
@@ -148,7 +150,7 @@ class HalfBatch:
 
 
 def _length(n):
-    v = n.meta.get("example_value", n.meta.get("val"))
+    v = example(n)
     return v.shape[0] if isinstance(v, torch.Tensor) and v.ndim >= 1 else None
 
 

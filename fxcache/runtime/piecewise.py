@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch._dynamo.exc import TensorifyScalarRestartAnalysis
 from torch.fx.passes.split_module import split_module
 
-from ..passes.discover import block_of
+from ..passes.nodes import block_of, example
 
 
 def partition(gm: fx.GraphModule) -> dict[fx.Node, int]:
@@ -54,8 +54,7 @@ class _LazyPiece(torch.nn.Module):
 
     def forward(self, *args):
         if self.fn is None:
-            values = [ph.meta.get("example_value", ph.meta.get("val"))
-                      for ph in self.gm.graph.find_nodes(op="placeholder")]
+            values = [example(ph) for ph in self.gm.graph.find_nodes(op="placeholder")]
             if not any(_symbolic(v) for v in values):
                 self.fn = _compile(self.gm, self.compile_fn, list(args)) or self.gm
             else:

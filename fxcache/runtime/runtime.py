@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from ..passes.discover import is_param_like
+from ..passes.nodes import is_param_like
 from ..plan import CFG_BATCH, Plan
 from .calls import make_call
 from .constants import StaticConstants
