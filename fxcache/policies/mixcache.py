@@ -1,33 +1,8 @@
 """MixCache (Wei et al., arXiv 2508.12691; no public code: the paper's sections 3.3-3.5 and Algorithm 1 are the
-spec): one step-level, CFG-level or block-level reuse per cache-enabled step, chosen greedily.
+spec): one step-level, CFG-level or block-level reuse per cache-enabled step, chosen greedily by the least
+distance x impact, with warm-up while the output still changes fast and an adaptive cache interval.
 
-Granularities (what a cache-enabled step does):
-- "step": O_t <- O_{t-1}: both CFG branches return their previous output; nothing runs.
-- "cfg": the cond branch is computed, the uncond output is rebuilt as cond + Δ_cfg, Δ_cfg = uncond - cond of the
-  last full step (FasterCache's CFG site at band scales (1, 1), which is exactly that sum).
-- "block@i": the streams leaving units [0, i) are the ones cached at the previous step, units i.. run (the cond
-  branch), and the uncond output is rebuilt as for "cfg" (Algorithm 1, lines 18-22). Candidates i: 1/4, 1/2, 3/4
-  of the depth (the paper's 10, 20, 30 of 40), snapped to valid cuts.
-Distances (eq. 5, relative L1): D_step of the cond output against the previous step's, D_cfg of the uncond
-output against the cond output of a full step, D_block_i of the streams entering unit i against the previous
-step's. Each is measured whenever the step computes it (D_cfg on full steps, D_block_i where unit i's input is
-computed), and the newest value is used.
-
-Algorithm 1, per step (decided at the first call of the step, the cond one; the uncond call follows it):
-- warm-up: a full step while D_step >= theta (line 5, checked at every step, as Algorithm 1 writes it: where the
-  steps' outputs start changing fast again, near the end of a flow-matching schedule, the steps are full again).
-  D_t^step needs step t's output, so the newest measured D_step (of the last step that computed the cond output)
-  decides step t + 1.
-- cache-enabled: cnt <- (cnt + 1) % N; cnt == 0 is a full step, whose output against the previous full step's
-  (D_full) sets N: `interval="acc"` 4 / 3 / 2 and `"eff"` (default, the paper's headline MixCache_eff) 5 / 4 / 3 for
-  D_full < delta1, < delta2, >= delta2. Other steps take the granularity with the least P = D * I (eq. 7) among those
-  not used by the step before (the penalty; "block" is one granularity for it; with one granularity allowed
-  there is nothing to alternate with, so no penalty: the paper's "step only" etc. ablations).
-- the first cache-enabled interval uses the middle N (4 for eff, 3 for acc): the paper leaves N's start open.
-Impacts I (section 3.4) come from the calibration file (`python -m fxcache.profile`): I_step, I_cfg constants,
-I_block per step and candidate; theta, delta1, delta2 too. Without one: the paper's profiled theta = 0.1 and
-(delta1, delta2) = (0.05, 0.1) (Wan, HunyuanVideo; (0.3, 0.4) for CogVideoX), and I = 1 for every granularity
-(P = D), a deviation: the paper always profiles.
+The full rules, options and defaults: docs/methods.md, "MixCache".
 
 Deviations: the last step is not forced full (Algorithm 1 does not); under batched CFG (`[uncond; cond]` calls) a
 "cfg" or "block" step runs the cond half only (runtime/halfbatch.py) and D_block is measured on full steps only;
@@ -37,71 +12,28 @@ its only branch. Ablations: `granularities=("step",)`, `("cfg",)`, `("block",)`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from ..errors import option_error
 from ..families import family
-from ..passes.variant import rebuildable
 from ..metrics import CFG_REL_L1, PEER_REL_L1, REL_L1, Metric
-from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site
+from ..passes.variant import rebuildable
+from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
 from .base import Param, Policy, Unsupported, fraction, positive
+from .mixcache_algorithm import (DELTAS, FULL_OUTPUT, GRANULARITIES, Algorithm1, MixShared, candidate_blocks,
+                                 delta_ok, granularities_ok, interval_ok, stream_site)
 
-DEPTH_FRACTIONS = (0.25, 0.5, 0.75)  # the paper's block candidates 10, 20, 30 of Wan's 40 blocks
-GRANULARITIES = ("step", "cfg", "block")
-INTERVALS = {"acc": (4, 3, 2), "eff": (5, 4, 3)}  # N for D_full < delta1, < delta2, >= delta2 (eq. 6)
-DELTAS = {"cogvideox-2b": (0.3, 0.4), "cogvideox-5b": (0.3, 0.4)}  # else the paper's Wan / HunyuanVideo (0.05, 0.1)
-FULL_OUTPUT = Site("output", name="full")  # the output of the last full step (for D_full)
-
-
-def candidate_blocks(d) -> list[int]:
-    """Block-level candidates as cuts i (0 < i < U): a block-level step reuses the streams leaving units [0, i)
-    (Site("stream", 0, i)) and runs units i.. . The paper's 1/4, 1/2, 3/4 of the depth, snapped to valid cuts."""
-    u = d.num_units
-    cuts = {d.snap(round(u * f)) for f in DEPTH_FRACTIONS}
-    return sorted(c for c in cuts if c is not None and 0 < c < u)
-
-
-def stream_site(i: int) -> Site:
-    return Site("stream", 0, i)
-
-
-def _granularities_ok(v) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(g in GRANULARITIES for g in v) and len(set(v)) == len(v)
-
-
-def _interval_ok(v) -> bool:
-    return v in INTERVALS if isinstance(v, str) else v >= 1
-
-
-def _delta_ok(v) -> bool:
-    return (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                                 and x >= 0 for x in v) and v[0] <= v[1])
-
-
-@dataclass
-class MixShared:
-    """The decision state of one generation, shared by its CFG branches (Call.shared: MixCache is joint)."""
-
-    n: int = 0  # the cache interval N
-    cnt: int = 0
-    rescale: int = 0  # the step whose full output's D_full sets N
-    previous: str = "full"  # the granularity of the previous step (the penalty bars it)
-    d: dict = field(default_factory=dict)  # granularity -> its newest distance D
-    cfg_seen: bool = False  # a D_cfg was measured: the generation has two CFG branches
-
-
-class MixCache(Policy):
+class MixCache(Algorithm1, Policy):
     name = "mixcache"
     block_level = True
     batched_cfg = True
     joint = True  # Algorithm 1 decides per step; the uncond call follows the cond call's decision
     params = {
         "interval": Param("eff", (str, int), "cache interval N: 'eff' (5/4/3), 'acc' (4/3/2) or a fixed int",
-                          _interval_ok, "'eff', 'acc' or an int >= 1"),
+                          interval_ok, "'eff', 'acc' or an int >= 1"),
         "theta": Param(None, float, "D_step below which the warm-up ends (None: calibration, else 0.1)",
                        fraction, "in [0, 1] or None"),
         "delta": Param(None, (list, tuple), "(delta1, delta2) for N (None: calibration, else the paper's)",
-                       _delta_ok, "(delta1, delta2) with 0 <= delta1 <= delta2, or None", optional=True),
-        "granularities": Param(GRANULARITIES, (list, tuple), "which reuses may be chosen", _granularities_ok,
+                       delta_ok, "(delta1, delta2) with 0 <= delta1 <= delta2, or None", optional=True),
+        "granularities": Param(GRANULARITIES, (list, tuple), "which reuses may be chosen", granularities_ok,
                                "a non-empty subset of " + ", ".join(GRANULARITIES)),
         "blocks": Param(None, (list, tuple), "block candidates as unit indices i (None: 1/4, 1/2, 3/4 of depth)",
                         lambda v: len(v) > 0 and all(isinstance(i, int) and not isinstance(i, bool) and i > 0
@@ -120,8 +52,6 @@ class MixCache(Policy):
         else:
             bad = [i for i in self.blocks if not 0 < i < u or d.pairs(0, i) is None]
             if bad:
-                from ..errors import option_error
-
                 raise option_error(f"fxcache: option 'blocks' of policy 'mixcache': {bad} are not cuts of this "
                                    f"graph's {u} blocks (accepted: ints 1..{u - 1})")
             self.cuts = sorted(set(self.blocks))
@@ -149,62 +79,6 @@ class MixCache(Policy):
 
     def new_shared(self) -> MixShared:
         return MixShared()
-
-    # -- the decision (Algorithm 1), once per step ------------------------------------------------------------
-
-    def _n(self, d_full: float | None) -> int:
-        if isinstance(self.interval, int):
-            return self.interval
-        table = INTERVALS[self.interval]
-        if d_full is None:
-            return table[1]
-        return table[0] if d_full < self.d1 else table[1] if d_full < self.d2 else table[2]
-
-    def _impact(self, mode: str, call) -> float:
-        if mode == "step":
-            return self.i_step
-        if mode == "cfg":
-            return self.i_cfg
-        curve = self.i_block.get(int(mode.split("@")[1]))
-        if not curve:
-            return 1.0
-        n = call.num_steps or len(curve)
-        k = min(len(curve) - 1, round((call.step - 1) * (len(curve) - 1) / max(1, n - 1)))
-        return curve[k]
-
-    def _candidates(self, cfg_available: bool) -> list[str]:
-        out = []
-        if "step" in self.allowed:
-            out.append("step")
-        if "cfg" in self.allowed and cfg_available:
-            out.append("cfg")
-        if "block" in self.allowed:
-            out += [f"block@{i}" for i in self.streams]
-        return out
-
-    def _decide(self, call, shared: MixShared, cfg_available: bool) -> str:
-        d_step = shared.d.get("step")
-        # Line 5 of Algorithm 1, at every step: full while D_step >= theta (NaN too: a non-finite step)
-        if call.step <= self.warmup_steps or d_step is None or not d_step < self.th:
-            return "full"
-        if not shared.n:
-            shared.n = self._n(None)
-        shared.cnt = (shared.cnt + 1) % shared.n
-        if shared.cnt == 0:
-            shared.rescale = call.step  # this full step's D_full sets N (line 11)
-            return "full"
-        best, best_p = "full", None
-        for mode in self._candidates(cfg_available):
-            g = mode.split("@")[0]
-            if self.penalty and len(self.allowed) > 1 and g == shared.previous.split("@")[0]:
-                continue
-            dist = shared.d.get(mode)
-            if dist is None:  # never measured (e.g. D_cfg before the first full uncond call)
-                continue
-            p = dist * self._impact(mode, call)
-            if best_p is None or p < best_p:
-                best, best_p = mode, p
-        return best
 
     # -- plans per call ------------------------------------------------------------------------------------------
 

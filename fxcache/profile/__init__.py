@@ -15,7 +15,7 @@ plain model carrying forward hooks (passes 2 and 3):
    writes and measures every site the policies read, so the numbers are the distances they see online:
    relative L1 vs the previous step of the model output (D_step, per stream), of the indicators TeaCache reads
    ("modulated_input", "timestep"), of the streams leaving units [0, i) for MixCache's block candidates i
-   (`fxcache.policies.mixcache.candidate_blocks`), of every block's self-attention output (AdaCache's probe); the
+   (`fxcache.policies.mixcache_algorithm.candidate_blocks`), of every block's self-attention output (AdaCache's probe); the
    uncond output vs the cond output of the same step (D_cfg); MagCache's magnitude ratio of the stack residual.
 2. statistics (forward hooks): the "distance tensor between the real output and the cached output" of each
    MixCache granularity, per step: step O_t - O_{t-1} (both streams pooled); cfg uncond_t - (cond_t + Delta_{t-1})

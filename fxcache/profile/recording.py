@@ -15,7 +15,7 @@ from ..backend import _compile
 from ..metrics import CFG_REL_L1, MAG_RATIO, PEER_REL_L1, REL_L1
 from ..plan import OUTPUT, Plan, Site, residual
 from ..policies.base import Policy, Unsupported
-from ..policies.mixcache import candidate_blocks
+from ..policies.mixcache_algorithm import candidate_blocks
 
 INDICATORS = ("modulated_input", "timestep")  # TeaCache's indicators (passes/discover.py finds them)
 
