@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from ..plan import Site, Stop
 from . import symbolic
+from .frames import frame_layout
 from .indicators import indicators
 from .modules import find_module_sites
 from .nodes import block_of, dtype, is_param_like, shape
@@ -107,6 +108,22 @@ class Discovery:
         for Latte only those between spatial+temporal pairs)."""
         return [c for c in range(1, self.num_units)
                 if self.residual_ok(0, c) and self.residual_ok(c, self.num_units)]
+
+    def why_not_rebuildable(self) -> str | None:
+        """Why the model output cannot be rebuilt from cached CFG bands (FasterCache's CFG-Cache, MixCache's "step"
+        and "cfg"), or None if it can: the graph must return one latent tensor (rank >= 4, spatial dims last)."""
+        out = self.nodes[-1].args[0]
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        if len(flat) != 1 or not isinstance(flat[0], fx.Node):
+            return f"the model returns {len(flat)} values, not one latent"
+        shp = shape(flat[0])
+        if shp is None or len(shp) < 4:
+            return "the model output is not a latent image or video (rank >= 4, spatial dimensions last)"
+        return None
+
+    def frame_layout(self, site: Site, stride: int, tokens_per_frame: int | None = None) -> tuple[int, int] | str:
+        """Where a video's latent frames are in module site `site`'s outputs (passes/frames.py)."""
+        return frame_layout(self, site, stride, tokens_per_frame)
 
     def first_residual_cut(self) -> int | None:
         """The first valid cut: the end of the 'first block' of FBCache (for Latte the first spatial+temporal

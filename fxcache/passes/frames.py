@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-from .discover import Discovery
 from .nodes import shape
 
 
@@ -13,7 +12,7 @@ def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def frame_layout(d: Discovery, site, stride: int, tokens_per_frame: int | None = None) -> tuple[int, int] | str:
+def frame_layout(d, site, stride: int, tokens_per_frame: int | None = None) -> tuple[int, int] | str:
     """(output index j, tokens per latent frame S along its token axis) of module site `site`: the longest output
     that holds more than `stride` latent frames as (B, frames * S, D) or (B * S, frames, D); for it, the smallest
     temporal patch, frame axis 2 before 1, then the smallest spatial patch. `tokens_per_frame` sets S for

@@ -21,7 +21,6 @@ import torch.fx as fx
 from ..plan import CFG, OUTPUT, Site
 from . import cfg
 from .discover import Discovery
-from .nodes import example
 
 # The order of a variant's inputs: the order the runtime gathers them fastest (graph inputs, probe values, cached
 # values, weights; executor.Wiring relies on it).
@@ -76,7 +75,7 @@ def site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]:
 
 def rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False) -> Variant:
     """The output rebuilt from the peer stream's output and this stream's cached band images; nothing of the
-    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `rebuildable`). With
+    model runs. Only for graphs whose outputs are one tensor (checked by the policy: `Discovery.why_not_rebuildable`). With
     `write_output`, the rebuilt output is also this stream's OUTPUT site (MixCache's step reuse reads it)."""
     g = fx.Graph()
     out = site_nodes(d, OUTPUT)[0][0]
@@ -95,22 +94,9 @@ def rebuild_variant(gm: fx.GraphModule, d: Discovery, write_output: bool = False
 
 def output_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
     """The stream's cached output returned as this call's output (MixCache's step level); nothing runs. Only
-    for graphs whose outputs are one tensor (`rebuildable`)."""
+    for graphs whose outputs are one tensor (`Discovery.why_not_rebuildable`)."""
     g = fx.Graph()
     ph = g.placeholder("cached_output")
     ph.meta = copy.copy(site_nodes(d, OUTPUT)[0][0].meta)
     g.output((g.call_function(torch.clone, (ph,)),))  # a fresh tensor: the caller may modify what it gets
     return Variant(fx.GraphModule(gm, g), [("cache", OUTPUT, 0, 0)], [("out", 0)], 0)
-
-
-def rebuildable(d: Discovery) -> str | None:
-    """Why the model output cannot be rebuilt by FasterCache's CFG-Cache, or None if it can: the graph must
-    return one tensor with the spatial dimensions last (a latent image or video, rank >= 4)."""
-    out = d.nodes[-1].args[0]
-    flat = list(out) if isinstance(out, (tuple, list)) else [out]
-    if len(flat) != 1 or not isinstance(flat[0], fx.Node):
-        return f"the model returns {len(flat)} values, not one latent"
-    v = example(flat[0])
-    if not isinstance(v, torch.Tensor) or v.ndim < 4:
-        return "the model output is not a latent image or video (rank >= 4, spatial dimensions last)"
-    return None

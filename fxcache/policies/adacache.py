@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from ..errors import option_error
 from ..metrics import REL_L1, Metric, metric
-from ..passes.frames import frame_layout
 from ..plan import Plan, Site, residual
 from .adacache_codebooks import (OFFICIAL_BLOCK, OFFICIAL_DEPTH, PROBE_SITES, block_ok, codebook_for,
                                  codebook_ok, half_up, hyp_ok, lookup, moreg_window, steps_ok, strides_ok)
@@ -137,7 +136,7 @@ class AdaCache(StepForecast, Policy):
         """MoReg's metrics: one "motion" (S tokens per frame, a stride, an output) per stride, on the last probe."""
         site = self.probes[-1]
         strides = [int(s) for s in self.moreg_strides]
-        found = frame_layout(d, site, max(strides), self.tokens_per_frame)
+        found = d.frame_layout(site, max(strides), self.tokens_per_frame)
         if isinstance(found, str):
             raise option_error(f"fxcache: option 'moreg' of policy 'adacache' cannot be used here: {found}")
         j, per_frame = found

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from ..errors import option_error
 from ..families import family
 from ..passes.modules import sites_with
-from ..passes.variant import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
 from .base import Param, Policy, Unsupported, positive
 from .fastercache_presets import PRESETS
@@ -95,7 +94,7 @@ class FasterCache(Policy):
                                f"is {family(d) or 'not of a known family'}; accepted presets: "
                                f"{', '.join(PRESETS)} (or none: diffusers' timestep windows)")
         self.attention = frozenset(sites_with(d, ("attn",)))
-        self.why_not_cfg = rebuildable(d)
+        self.why_not_cfg = d.why_not_rebuildable()
         if not self.attention and self.why_not_cfg:
             raise Unsupported(f"no self-attention module inside the blocks and {self.why_not_cfg}")
         self.any_attention = min(self.attention, key=str) if self.attention else None

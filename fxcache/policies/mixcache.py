@@ -15,7 +15,6 @@ from __future__ import annotations
 from ..errors import option_error
 from ..families import family
 from ..metrics import CFG_REL_L1, PEER_REL_L1, REL_L1, Metric
-from ..passes.variant import rebuildable
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan
 from .base import Param, Policy, Unsupported, fraction, positive
 from .mixcache_algorithm import (DELTAS, FULL_OUTPUT, GRANULARITIES, Algorithm1, MixShared, candidate_blocks,
@@ -45,7 +44,7 @@ class MixCache(Algorithm1, Policy):
     }
 
     def bind(self, d) -> None:
-        why = rebuildable(d)  # "step" and "cfg" need the output to be one latent tensor
+        why = d.why_not_rebuildable()  # "step" and "cfg" need the output to be one latent tensor
         u = d.num_units
         if self.blocks is None:
             self.cuts = candidate_blocks(d)
