@@ -2,7 +2,8 @@
 
 import torch
 
-from fxcache.passes.discover import block_of, discover
+from fxcache.passes.discover import discover
+from fxcache.passes.nodes import block_of
 from fxcache.passes.specialize import specialize
 from fxcache.plan import FULL, Plan, Site, Stop
 from fxcache.runtime.state import Streams, context

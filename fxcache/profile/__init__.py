@@ -53,13 +53,12 @@ What is derived (prompts, seeds and, where a stream is named, streams pooled; "s
 The plot (matplotlib, PNG next to the JSON unless --plot says otherwise): distances per step (D_step, D_cfg, the
 candidate blocks, the indicators, theta), MagCache ratios, the impact per granularity, and TeaCache's fits.
 Numbers in the file are rounded to 6 significant digits, so that a rerun reproduces the file.
-
-Files: recording.py (the target, pass 1), perturbation.py (passes 2 and 3), rules.py (each method's section),
-run.py (`profile`: the passes, the rules, the file), plot.py, __main__.py (the command line).
 """
 
 from __future__ import annotations
 
+# recording.py: the target and pass 1; perturbation.py: passes 2 and 3; rules.py: each method's section;
+# run.py: `profile` (the passes, the rules, the file); plot.py; __main__.py: the command line.
 from .plot import save_plot
 from .recording import Target, load_target
 from .run import fingerprint, profile
