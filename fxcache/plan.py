@@ -47,8 +47,8 @@ class Plan:
     reuse: frozenset = frozenset()  # sites replaced by their last cached value (a residual: input + cached residual)
     forecast: frozenset = frozenset()  # sites replaced by sum_i coeffs[i] * (cached value i computed steps ago)
     write: frozenset = frozenset()  # sites whose value this call stores into the stream's cache
-    measure: frozenset = frozenset()  # (site, metric) pairs read by the policy; metric "rel_l1" or "mag_ratio",
-    # both against the site's cached value
+    measure: frozenset = frozenset()  # (site, Metric) pairs read by the policy (fxcache/metrics.py: a registry of
+    # distances computed inside the variant, e.g. REL_L1 against the site's cached value)
     start: Stop | None = None  # continue from a probe that stopped here
     stop: Stop | None = None  # stop here (a probe) and ask the policy again
     label: str = "full"  # what stats record: "full", "skip", "probe", ...

@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch.fx as fx
 
-from ..passes.specialize import Variant, specialize
+from ..passes.specialize import specialize
+from ..passes.variant import Variant
 from .cudagraphs import GraphPool, Graphed, input_kinds, wants_graphs
 from ..plan import Plan
 from .piecewise import _LazyPiece, _PerSize, compile_piecewise
