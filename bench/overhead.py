@@ -123,7 +123,7 @@ def methods_for(model, compiler: str) -> dict:
     }
 
 
-# The rows each target compares (README "Engine overhead"): (row, baseline row, bound), the tiny model's.
+# The rows each target compares (docs/results.md, "Engine overhead"): (row, baseline row, bound), the tiny model's.
 TARGETS = [("fxcache none", "inductor", 1.05), ("fxcache full step", "inductor", 1.10),
            ("fxcache skipped step", "ideal skipped step", 1.10)]
 

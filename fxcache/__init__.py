@@ -32,7 +32,7 @@ def stats(model) -> Stats:
 
 def reset(model) -> None:
     """Clear every cache buffer and policy state of `model` (all its threads). A new generation is detected by
-    itself (see the README's "Guarantees and limits"); this is the escape hatch where detection cannot apply."""
+    itself (docs/guarantees.md); this is the escape hatch where detection cannot apply."""
     for _, inst in instances_of(model):
         inst.reset()
 

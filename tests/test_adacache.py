@@ -1,4 +1,4 @@
-"""AdaCache (ALGORITHMS.md section 2): the schedule on scripted distances against sequences worked out by hand,
+"""AdaCache (its paper's Section 3 and the official code's rules, docs/methods.md): the schedule on scripted distances against sequences worked out by hand,
 MoReg's motion term against a torch reference, and the policy on zoo models (eager inner compiler)."""
 
 from __future__ import annotations

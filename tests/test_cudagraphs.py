@@ -319,7 +319,7 @@ def _syncs_per_call(cm, entry, steps):
 
 @GPU
 def test_host_syncs_per_step():
-    """The design's count (README "GPU path"): a probing call reads its decision once, and the timestep once when
+    """The design's count (docs/gpu.md): a probing call reads its decision once, and the timestep once when
     it is a CUDA tensor not seen at the previous call; a schedule call reads only that timestep. The zoo loop
     hands each call a fresh CUDA timestep, so the cond call of each step reads it and the uncond call does not."""
     entry, model = _cuda_model()
