@@ -10,6 +10,7 @@ Inductor; the first generation of each compiles it (reported apart), then the ti
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -89,6 +90,17 @@ def main(argv=None) -> None:
     judged = score(outputs[0][0], PROMPTS)
     print(f"\njudge on the uncached clips: color {judged['color']:.0%}, direction {judged['direction']:.0%}, "
           f"shape {judged['shape']:.0%}")
+    from .overhead import machine
+
+    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,
+              "compiler": args.compiler, "default": {"policy": fxcache.DEFAULT_POLICY, **fxcache.DEFAULT_OPTIONS},
+              "rows": table}
+    (args.out / "demo.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    m = record["machine"]
+    (args.out / "demo.md").write_text(
+        f"# make demo (python -m bench.demo)\n\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, no GPU; "
+        f"{record['date']}. {len(PROMPTS)} prompts, {args.steps} steps, CFG {args.guidance}, {args.repeats} timed "
+        f"repeats (median), speedup against uncached torch.compile.\n\n" + markdown_table(table) + "\n")
     save_grid(ms, outputs, table, args.out / "demo.png")
     plot_pareto(table, args.out / "pareto.png", f"reference Wan DiT, {args.steps} steps, {len(PROMPTS)} prompts")
     print(f"wrote {args.out / 'demo.png'} and {args.out / 'pareto.png'} in {time.time() - t_start:.0f} s")
