@@ -27,13 +27,15 @@ from .runtime.stats import DECISION_LOG
 from .runtime.variants import inner_compile
 
 # The policy and settings used when `options` names no policy: the fastest setting measured that keeps mean PSNR
-# >= 35 dB and the worst clip >= 30 dB on the reference model at both 30 and 50 steps, with no calibration file
-# (README "The default"; bench/results/quality-default*.json). Options given without a policy override its settings.
+# >= 35 dB and the worst clip >= 30 dB on the reference model at both 30 and 50 steps, with no calibration file,
+# chosen on clips the benchmark does not report (bench/results/default-screen-heldout.log), then reported on the
+# benchmark's (docs/results.md, "The default"). Options given without a policy override its settings.
 DEFAULT_POLICY = "fbcache"
 DEFAULT_OPTIONS = {"threshold": 0.06, "forecast": "taylor"}
 DEFAULT_WHY = ("fbcache with threshold 0.06 and an order-1 Taylor forecast of the skipped blocks' residual: the "
                "fastest calibration-free setting measured that keeps mean PSNR >= 35 dB and the worst clip >= 30 dB "
-               "on the reference model at both 30 and 50 steps; it needs no calibration, and a model it cannot probe "
+               "on held-out clips of the reference model at both 30 and 50 steps; it needs no calibration, and a "
+               "model it cannot probe "
                "(no first-block residual) compiles plainly with one warning")
 COMPILERS = ("inductor", "eager")
 # How a variant graph is compiled: whole (one Inductor graph: the least per-call cost), split per block

@@ -1,5 +1,5 @@
-"""AdaCache (its paper's Section 3 and the official code's rules, docs/methods.md): the schedule on scripted distances against sequences worked out by hand,
-MoReg's motion term against a torch reference, and the policy on zoo models (eager inner compiler)."""
+"""AdaCache (its paper's Section 3 and the official code's rules, docs/methods.md): the schedule on scripted
+distances against sequences worked out by hand, MoReg's motion term against a torch reference, and the policy on zoo models (eager inner compiler)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Sites inside blocks, forecasts, and the block-level policies (issue 8): fora, pab, taylorseer, tgate, deltadit,
 blockdance, dbcache, and the `forecast` option of the step-level policies.
 
-Decision logic is checked on scripted calls against sequences worked out by hand from the papers' rules (docs/methods.md); the
-policies then run on zoo models (eager inner compiler), where they must reuse what they say, stay close to the
-uncached output (tests/test_engine.py's tolerance) and be deterministic.
+Decision logic is checked on scripted calls against sequences worked out by hand from the papers' rules
+(docs/methods.md); the policies then run on zoo models (eager inner compiler), where they must reuse what they
+say, stay close to the uncached output (tests/test_engine.py's tolerance) and be deterministic.
 """
 
 from __future__ import annotations
