@@ -87,9 +87,10 @@ def test_overhead_quick_runs():
     for model in ("reference", "tiny"):
         result = overhead.main(["--quick", "--model", model])
         names = [r["method"] for r in result["rows"]]
-        assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache skipped step",
-                         "ideal skipped step"]
+        assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache full step (threshold 0)",
+                         "fxcache skipped step", "ideal skipped step"]
         assert result["skipped_step_blocks"]["skipped"] > 0
+        assert result["full_step_guesses"]["wrong"] > 0  # the realistic full step: a wrong "skip" guess each step
         assert [t["row"] for t in result["targets"]] == ["fxcache none", "fxcache full step", "fxcache skipped step"]
 
 
