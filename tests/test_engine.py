@@ -116,7 +116,8 @@ def test_policy_skips_and_stays_close(name, policy, models, tmp_path):
     out = denoise(cm, entry)
     s = fxcache.stats(cm)
     streams = 2 if entry.cfg == "separate" else 1
-    assert s.steps == 20 * streams and s.calls == s.steps
+    # calls counts compiled variants run: one per step, plus a continuation after each probe whose guess was wrong
+    assert s.steps == 20 * streams and s.steps + s.guesses_wrong <= s.calls <= 2 * s.steps
     assert s.full_steps + s.skipped_steps == s.steps
     assert s.skipped_steps >= 1, s.decisions
     units = fxcache.runtimes_of(cm)[0].discovery.num_units
