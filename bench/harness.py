@@ -19,7 +19,7 @@ from .pipeline import generate
 
 # Every compiled method is a separate torch.compile of the same module: Dynamo keeps one cache entry per backend
 # on the module's forward, and past its default limit (8) it would silently run the rest eagerly.
-torch._dynamo.config.recompile_limit = 64
+torch._dynamo.config.recompile_limit = 128  # one cache entry per compiled method: above the full run's count
 torch._dynamo.config.accumulated_recompile_limit = 4096
 # The benchmark calls the same module at batch 8 (separate CFG) and 16 (batched CFG); by default Dynamo would then
 # make the batch dimension symbolic for every later compile. A user's pipeline uses one layout: keep graphs static.
