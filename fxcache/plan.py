@@ -109,9 +109,6 @@ def window_of(site: Site) -> Site:
     return Site(site.kind, site.start, site.stop, "window")
 
 
-ROLES = ("cond", "uncond", "batched", "only", "other")
-
-
 class Call:
     """Everything a policy sees of one call, filled in by the runtime from its own state.
 
@@ -151,10 +148,6 @@ class Call:
     @property
     def is_last(self) -> bool:
         return self.num_steps is not None and self.step >= self.num_steps
-
-    @property
-    def batched(self) -> bool:
-        return self.role == "batched"
 
     def cached(self, site: Site) -> int:
         return len(self._cache.get(site, ()))

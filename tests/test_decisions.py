@@ -31,16 +31,17 @@ def _intended(record) -> str | None:
     return None
 
 
+FIRSTS: dict = {}  # (policy, cfg) -> the first recorded reference setting of that policy
+for _r in RECORDS:
+    if _r["model"] == "reference":
+        FIRSTS.setdefault((_r["options"].get("policy") or "default", _r["cfg"]), _r["options"]["setting"])
+
+
 def _selected(record) -> bool:
     if os.environ.get("FXCACHE_ALL_DECISIONS") or record["model"] == "zoo":
         return True
-    o = record["options"]
-    firsts = {}
-    for r in RECORDS:  # the first recorded setting of each policy
-        if r["model"] == "reference":
-            firsts.setdefault((r["options"].get("policy") or "default", r["cfg"]), r["options"]["setting"])
-    policy = o.get("policy") or "default"
-    return policy in CI and firsts[(policy, record["cfg"])] == o["setting"]
+    policy = record["options"].get("policy") or "default"
+    return policy in CI and FIRSTS[(policy, record["cfg"])] == record["options"]["setting"]
 
 
 SELECTED = [r for r in RECORDS if _selected(r)]
