@@ -17,6 +17,7 @@ import torch
 
 from . import calibration as calibration_file
 from .errors import option_error
+from .passes.collectives import hoist_shards
 from .passes.discover import discover, timestep_input
 from .policies import POLICIES, Policy, Unsupported
 from .runtime.runtime import Runtime
@@ -94,6 +95,10 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     if not isinstance(decision_log, int) or isinstance(decision_log, bool) or decision_log < 0:
         raise option_error(f"fxcache: option 'decision_log' (decision records kept per model) must be an int "
                            f">= 0, got {decision_log!r}")
+    check_ranks = options.pop("check_ranks", False)
+    if not isinstance(check_ranks, bool):
+        raise option_error(f"fxcache: option 'check_ranks' (check that every rank of a sharded model took the same "
+                           f"plan, a debug aid) must be True or False, got {check_ranks!r}")
     calibration = options.pop("calibration", None)
     if calibration is not None:
         calibration = calibration_file.load(calibration)
@@ -101,7 +106,7 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
                     "decision_log": decision_log, "piecewise": piecewise, "speculate": speculate,
-                    "cudagraphs": cudagraphs}
+                    "cudagraphs": cudagraphs, "check_ranks": check_ranks}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
@@ -132,7 +137,7 @@ def _graph_key(gm: torch.fx.GraphModule, example_inputs, options) -> tuple:
 
 
 def _compile(gm, example_inputs, policy: Policy, engine: dict):
-    d = discover(gm, example_inputs)
+    d = discover(hoist_shards(gm), example_inputs)
     reason = None
     if d is None:
         reason = "no list of repeated transformer blocks in this graph"
@@ -150,7 +155,10 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
         return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
     runtime = Runtime(gm, d, policy, **engine)
-    if policy.batched_cfg:
+    if policy.batched_cfg and d.groups:
+        runtime.why_no_half = ("the model is sharded over ranks (context parallelism), where the cond half is not "
+                               "traced")
+    elif policy.batched_cfg:
         source = HalfSource.from_dynamo(gm, d)
         if isinstance(source, HalfSource):
             runtime.half = HalfBatch(source, d)

@@ -66,6 +66,11 @@ class Definition:
         """terms -> a [B] tensor: one value per sample."""
         return _PER_SAMPLE[self.reduce]
 
+    def sums(self) -> Callable:
+        """terms -> [a, b], float32, additive over shards: the batch value of a tensor sharded over ranks is
+        `from_sums` of the ranks' summed [a, b] (context parallelism)."""
+        return _SUMS[self.reduce]
+
 
 REFERENCES = ("cached", "peer")
 _REGISTRY: dict[str, Definition] = {}
@@ -147,7 +152,23 @@ def mean_per_sample(terms: torch.Tensor) -> torch.Tensor:
     return terms.reshape(terms.shape[0], -1).mean(1)
 
 
+def ratio_sums(terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    num, den = terms
+    return torch.stack([num.sum().float(), den.sum().float()])
+
+
+def mean_sums(terms: torch.Tensor) -> torch.Tensor:
+    t = terms.float()
+    return torch.stack([t.sum(), torch.ones_like(t).sum()])
+
+
+def from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """[a, b] summed over the shards -> the value (a / b; a ratio of zero over zero is 0, as `ratio_of_sums`)."""
+    return torch.div(sums[0], sums[1].clamp_min(EPS))
+
+
 _BATCH = {"ratio": ratio_of_sums, "mean": mean_of_all}
+_SUMS = {"ratio": ratio_sums, "mean": mean_sums}
 _PER_SAMPLE = {"ratio": ratio_per_sample, "mean": mean_per_sample}
 
 

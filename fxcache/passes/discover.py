@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from ..plan import Site, Stop
 from . import symbolic
+from .collectives import groups_of
 from .frames import frame_layout
 from .indicators import indicators
 from .modules import find_module_sites
@@ -49,6 +50,7 @@ class Discovery:
     placeholders: list[fx.Node] = field(default_factory=list)
     symbols: dict = field(default_factory=dict)  # size symbol -> where to read it (symbolic.size_symbols)
     modules: dict = field(default_factory=dict)  # Site -> ModuleSite: attention / MLP outputs inside blocks
+    groups: tuple[str, ...] = ()  # process groups the graph's collectives span (context parallelism), by name
     _free: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -223,7 +225,7 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
                                      unless=("encoder",)),
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
                   last_use=last_use, placeholders=placeholders,
-                  symbols=symbolic.size_symbols(placeholders, is_param_like))
+                  symbols=symbolic.size_symbols(placeholders, is_param_like), groups=groups_of(nodes))
     d.indicators = indicators(d)
     d.modules = find_module_sites(d)
     return d

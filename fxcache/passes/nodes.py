@@ -39,6 +39,7 @@ def is_param_like(n: fx.Node) -> bool:
 def normalise(path: str) -> str:
     """"L['self'].__dict__['_modules']['blocks'].1" -> "blocks.1"; "L['self'].transformer_blocks[0]" -> ..."""
     path = re.sub(r"^[LG]\['[^']*'\]\.?", "", path)
+    path = path.replace("forward.__self__.", "")  # a bound forward wrapped by a hook (diffusers' context parallelism)
     path = path.replace("__dict__['_modules']", "").replace("._modules", "")
     path = re.sub(r"\['([^']*)'\]", r".\1", path)
     path = re.sub(r"\[(\d+)\]", r".\1", path)

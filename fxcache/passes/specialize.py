@@ -33,7 +33,7 @@ import torch.fx as fx
 from .. import metrics
 from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
 from ..triton_kernels import forecast, residual_apply
-from . import cfg, symbolic
+from . import cfg, collectives, symbolic
 from .discover import Discovery
 from .variant import Variant, finish, output_variant, rebuild_variant, site_nodes
 
@@ -180,6 +180,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             finals.append(out)
 
     reads: list = []  # ((site, metric), 0-dim value) of the plan's distances
+    fins: list[int] = []  # where in `results` the finiteness flags are
     measured = {site: [] for site, _ in plan.measure}
     for site, metric in plan.measure:
         measured[site].append(metric)
@@ -192,6 +193,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         finite = [g.call_method("all", (g.call_function(torch.isfinite, (v,)),)) for v in vals]
         while len(finite) > 1:
             finite = [g.call_function(torch.logical_and, (finite[0], finite[1]))] + finite[2:]
+        fins.append(len(results))
         emit(("fin", site), finite[0])
         for m in measured.get(site, ()):
             # The registered function on output `m.output`, and what it reads besides (metrics.py); its terms
@@ -202,7 +204,9 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                                 f"{ref}_{m.name}_{site.kind}_{site.start}_{site.stop}{site.name}")
                     for ref in spec.references]
             terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
-            reads.append(((site, m), g.call_function(spec.batch(), (terms,))))
+            reads.append(((site, m), g.call_function(spec.sums() if d.groups else spec.batch(), (terms,))))
+    if d.groups and (reads or fins):
+        reads = _agree(g, reads, fins, results, d.groups)
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read
         emit(("reads", tuple(k for k, _ in reads)), g.call_function(
             torch.stack, ([g.call_method("float", (v,)) for _, v in reads],)))
@@ -232,11 +236,28 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     def units(lo: int, hi: int, skips: bool = True) -> int:
         return sum(1 for k, u in enumerate(d.units) if lo <= u.start < hi and not (skips and k in skipped_units))
 
+    reductions = len(d.groups) if d.groups and (reads or fins) else 0
     if plan.emit_at is None:
-        return Variant(fx.GraphModule(gm, g), keep, outputs, units(start, stop))
+        return Variant(fx.GraphModule(gm, g), keep, outputs, units(start, stop), reductions=reductions)
     # Counted as the probe and the guess would be on their own: a unit the probe entered is computed.
     probe = units(start, probe_end, skips=False)
-    return Variant(fx.GraphModule(gm, g), keep, outputs, probe + units(probe_end, stop), probe)
+    return Variant(fx.GraphModule(gm, g), keep, outputs, probe + units(probe_end, stop), probe, reductions=reductions)
+
+
+def _agree(g: fx.Graph, reads: list, fins: list[int], results: list, groups: tuple[str, ...]) -> list:
+    """A model sharded over ranks: every value a decision reads becomes the global one, the same on every rank. The
+    distances' additive sums ([a, b] each) and the flags "this shard is not finite" are packed into one vector,
+    summed over the groups in one all-reduce each, and unpacked: distance a / b; finite where no shard is not.
+    Replaces the flags in `results`; returns `reads` with the global distances."""
+    parts = [v for _, v in reads]
+    if fins:
+        bad = [g.call_method("float", (g.call_function(torch.logical_not, (results[i],)),)) for i in fins]
+        parts.append(g.call_function(torch.stack, (bad,)))
+    packed = g.call_function(collectives.all_reduce_sum, (g.call_function(torch.cat, (parts,)), groups))
+    for k, i in enumerate(fins):
+        results[i] = g.call_function(operator.eq, (g.call_function(operator.getitem, (packed, 2 * len(reads) + k)), 0))
+    return [(key, g.call_function(metrics.from_sums, (g.call_function(operator.getitem, (packed, slice(2 * i, 2 * i + 2))),)))
+            for i, (key, _) in enumerate(reads)]
 
 
 def _continuation_sites(d: Discovery) -> list[Site]:

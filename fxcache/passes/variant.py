@@ -35,6 +35,7 @@ class Variant:
     units_computed: int
     units_probe: int | None = None  # a fused plan's: the units its probe part computes
     wiring: object = None  # the runtime's precomputed gathering of `inputs` (executor.Wiring)
+    reductions: int = 0  # all-reduces it runs to make a decision's values global (context parallelism)
 
 
 def finish(g: fx.Graph, placeholders: list[fx.Node], inputs: list[tuple]) -> list[tuple]:

@@ -94,7 +94,7 @@ class Policy:
                 accepted = ", ".join(sorted(self.params)) or "none"
                 raise option_error(f"fxcache: unknown option {key!r} for policy {self.name!r}; "
                                    f"its options are: {accepted} (plus policy, compiler, num_steps, max_variants, "
-                                   f"decision_log, piecewise, speculate, cudagraphs, calibration)")
+                                   f"decision_log, piecewise, speculate, cudagraphs, check_ranks, calibration)")
         for key, p in self.params.items():
             setattr(self, key, p.validate(self.name, key, options.get(key, p.default)))
 

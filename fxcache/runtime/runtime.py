@@ -21,6 +21,7 @@ from .cudagraphs import Graphed
 from .guard import NonFiniteGuard
 from .halfbatch import HalfBatch
 from .instances import Instances
+from .ranks import RankCheck
 from .speculation import Speculation
 from .state import Clock, Streams, StreamState
 from .stats import DECISION_LOG
@@ -42,7 +43,7 @@ def _as_is(x):
 class Runtime:
     def __init__(self, gm, discovery, policy, compiler: str = "inductor", max_variants: int = 16,
                  num_steps: int | None = None, decision_log: int = DECISION_LOG, piecewise="auto",
-                 speculate: bool = True, cudagraphs: bool = True) -> None:
+                 speculate: bool = True, cudagraphs: bool = True, check_ranks: bool = False) -> None:
         self.gm, self.discovery, self.policy, self.num_steps = gm, discovery, policy, num_steps
         self.piecewise = policy.block_level if piecewise == "auto" else piecewise
         self.cudagraphs = cudagraphs
@@ -65,6 +66,7 @@ class Runtime:
         self._constants = StaticConstants()  # forecast weights / band scales; fixed buffers on a GPU
         self.speculation = Speculation() if speculate else None
         self.guard = NonFiniteGuard()
+        self.ranks = RankCheck(discovery.groups) if check_ranks and discovery.groups else None
         self.why_no_half: str | None = "not recorded"
 
     def reset(self) -> None:
@@ -130,6 +132,8 @@ class Runtime:
                 outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
                 computed += variant.units_computed
                 runs += 1
+        if self.ranks is not None:
+            self.ranks.agree(call, plan)
         if self.policy.joint:
             streams.joint.decided(call.step, plan.label)
         self.policy.observe(call, st.policy, plan)
@@ -201,6 +205,9 @@ class Runtime:
         if fn is None:
             fn = variants.compiled(run_plan, inputs, inst.stats)
         results = fn(*inputs)
+        if variant.reductions:
+            with inst.lock:
+                inst.stats.reductions += variant.reductions
         # A CUDA graph's outputs are overwritten by its next replay: what outlives this call is copied (cudagraphs.py)
         escape = Graphed.escape if type(fn) is Graphed else _as_is
         outs = []

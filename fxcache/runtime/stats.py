@@ -23,6 +23,7 @@ class Stats:
     not_cached: int = 0  # computed values not cached because they were not finite (NaN / inf)
     guesses_right: int = 0  # probing calls whose guessed continuation ran with the probe (one variant call)
     guesses_wrong: int = 0  # ... whose decision was another continuation (run after; the guess was thrown away)
+    reductions: int = 0  # all-reduces run to agree on a decision's values across ranks (context parallelism)
     compiles: int = 0  # variants compiled
     compile_time_s: float = 0.0
     cache_bytes: int = 0  # bytes held in cache buffers now (a gauge, filled in by fxcache.stats)
