@@ -105,8 +105,17 @@ def enable_ulysses(model: torch.nn.Module, degree: int) -> torch.nn.Module:
     """`model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree))` with the `native` attention
     backend (the one that runs Ulysses on the CPU). Workaround: diffusers 0.42.1 picks the device as
     `rank % torch.accelerator.device_count()`, a ZeroDivisionError on a CPU-only torch; there the count reads 1
-    for the duration of the call (newer diffusers no longer compute it)."""
+    for the duration of the call (newer diffusers no longer compute it).
+
+    And for `fullgraph=True`: the hooks log through `Logger.warning_once` (added to `logging.Logger` by
+    transformers), which Dynamo cannot trace; it is added to Dynamo's ignored logger methods."""
+    import logging
+
     from diffusers import ContextParallelConfig
+
+    warning_once = getattr(logging.Logger, "warning_once", None)
+    if warning_once is not None:
+        torch._dynamo.config.ignore_logger_methods.add(warning_once)
 
     model.set_attention_backend("native")
     count = torch.accelerator.device_count
