@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from fxcache.backend import _RUNTIMES
+
 from .fidelity import psnr
 from .harness import default_method, fxcache_method, uncached_method
 from .overhead import machine
@@ -50,12 +52,12 @@ def methods(compiler: str):
     ]
 
 
-def _decisions(m, model, before: int) -> list:
-    if m.stats is None:
-        return []
-    s = m.stats(model)
-    new = s.steps - before
-    return [(d["step"], d["stream"], d["decision"]) for d in s.decisions[len(s.decisions) - new:]]
+def _decisions(runtimes) -> list:
+    """The decisions logged by `runtimes` (those one method's generation created: every method is compiled on the
+    same transformer, whose `fxcache.stats` would mix them), in call order."""
+    ordered = sorted(runtimes, key=lambda r: len(r.gm.graph.nodes))
+    log = [d for r in ordered for inst in r.instances.all() for d in inst.stats.decisions]
+    return [(d["step"], d["stream"], d["decision"]) for d in log]
 
 
 def run_methods(world: int, args) -> dict:
@@ -82,11 +84,12 @@ def run_methods(world: int, args) -> dict:
         for m, c in zip(ms, compiled):
             before = m.stats(c).steps if m.stats else 0
             red0 = m.stats(c).reductions if m.stats else 0
+            runtimes = set(_RUNTIMES)
             t0 = time.perf_counter()
             clip = generate(c, cond, uncond, **gen_kw)
             out["warmup_s"].append(time.perf_counter() - t0)
             out["clips"].append(clip.numpy())
-            out["decisions"].append(_decisions(m, c, before))
+            out["decisions"].append(_decisions(set(_RUNTIMES) - runtimes))
             s = m.stats(c) if m.stats else None
             out["reductions"].append((s.reductions - red0) if s else 0)
             out["steps"].append((s.steps - before) if s else 0)
@@ -178,7 +181,8 @@ def plot(rows: list[dict], world: int, path: Path) -> None:
     ax.bar([x - 0.2 for x in xs], [r["speedup_1"] for r in rows], 0.4, label="1 rank")
     ax.bar([x + 0.2 for x in xs], [r["speedup_n"] for r in rows], 0.4, label=f"{world} ranks (Ulysses)")
     for x, r in zip(xs, rows):
-        ax.text(x + 0.2, r["speedup_n"], "=" if r["same_decisions"] == "yes" else "!", ha="center", va="bottom")
+        mark = "=" if r["same_decisions"].startswith("yes") else "!"
+        ax.text(x + 0.2, r["speedup_n"], mark, ha="center", va="bottom")
     ax.set_xticks(list(xs), [r["label"].replace("fxcache:", "") for r in rows], rotation=30, ha="right", fontsize=7)
     ax.axhline(1.0, color="gray", lw=0.5)
     ax.set_ylabel("speedup vs uncached (same ranks)")
@@ -225,12 +229,14 @@ def main(argv=None) -> list[dict]:
         p1 = [psnr(c1[k], ref[k]) for k in range(len(ref))] if i else [None]
         pn = [psnr(cn[k], ref[k]) for k in range(len(ref))] if i else [None]
         rows.append({
-            "label": label, "same_decisions": "yes" if same else "NO",
+            "label": label, "same_decisions": ("yes" if same else "NO") + f" ({len(one['decisions'][i])} calls)",
             "psnr_1": _mean(p1), "psnr_1_worst": min(p1) if i else None, "psnr_n": _mean(pn),
             "psnr_n_worst": min(pn) if i else None, "psnr_n_vs_1": min(psnr(cn[k], c1[k]) for k in range(len(c1))),
             "step_ms": statistics.median(n["times"][i]) / args.steps * 1e3,
-            "step_ms_min": min(n["times"][i]) / args.steps * 1e3, "step_ms_max": max(n["times"][i]) / args.steps * 1e3,
-            "speedup_n": base_n / statistics.median(n["times"][i]), "speedup_1": base_1 / statistics.median(one["times"][i]),
+            "step_ms_min": min(n["times"][i]) / args.steps * 1e3,
+            "step_ms_max": max(n["times"][i]) / args.steps * 1e3,
+            "speedup_n": base_n / statistics.median(n["times"][i]),
+            "speedup_1": base_1 / statistics.median(one["times"][i]),
             "times_n": n["times"][i], "times_1": one["times"][i], "warmup_s_n": n["warmup_s"][i],
             "reductions_per_step": n["reductions"][i] / args.steps,
             "reduction_us_per_step": n["reductions"][i] / args.steps * max(cost["in_variant"] - cost["read_only"], 0),

@@ -49,7 +49,8 @@ SPECS = {
 }
 
 
-def _generate(family: str, options: dict, degree: int, steps: int = STEPS, nan_at: int | None = None):
+def _generate(family: str, options: dict, degree: int, steps: int = STEPS, nan_at: int | None = None,
+              cfg: str | None = None):
     """One generation of `family` with fxcache `options`, sharded over `degree` ranks (1: not sharded). Returns
     (output, [(step, stream, decision)], stats)."""
     torch._dynamo.reset()
@@ -61,7 +62,10 @@ def _generate(family: str, options: dict, degree: int, steps: int = STEPS, nan_a
         model(**entry.inputs(torch.tensor(1000.0), 1))
     options = {"compiler": "eager", **options, "check_ranks": degree > 1}
     compiled = torch.compile(model, backend="fxcache", options=options)
-    out = denoise(compiled, entry, steps=steps) if nan_at is None else _nan_loop(compiled, entry, steps, nan_at)
+    if nan_at is None:
+        out = denoise(compiled, entry, steps=steps, cfg=cfg)
+    else:
+        out = _nan_loop(compiled, entry, steps, nan_at)
     s = fxcache.stats(compiled)
     return out.numpy(), [(d["step"], d["stream"], d["decision"]) for d in s.decisions], s
 
@@ -117,6 +121,35 @@ def test_ranks_decide_alike_and_as_one_process(family, tmp_path):
             cached_somewhere.append(name)
     # Agreement is tested where it matters: every caching policy cached some steps at these settings.
     assert set(cached_somewhere) >= set(specs) - {"none", "default", "taylorseer"}, cached_somewhere
+
+
+BATCHED = {"fbcache": {"policy": "fbcache"}, "fastercache": {"policy": "fastercache"}}
+
+
+def _batched_on_ranks(rank: int, world: int) -> dict:
+    import warnings
+
+    out = {}
+    for name, options in BATCHED.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out[name] = (*_generate("wan", options, world, cfg="batched")[:2],
+                         sum("context parallelism" in str(w.message) for w in caught))
+    return out
+
+
+def test_batched_cfg_under_context_parallelism():
+    """One call on [uncond; cond]: the ranks agree (check_ranks); FBCache decides as one process; FasterCache's
+    CFG-Cache needs the cond-half graph, which is not traced under context parallelism: one warning, then feature
+    reuse only, on every rank alike."""
+    alone = _generate("wan", BATCHED["fbcache"], 1, cfg="batched")
+    ranks = run_ranks(_batched_on_ranks, world=2, timeout_s=240, pg_timeout_s=60)
+    assert ranks[0].value["fastercache"][1] == ranks[1].value["fastercache"][1]
+    for r in ranks:
+        out, decisions, warned = r.value["fbcache"]
+        assert decisions == alone[1] and warned == 0
+        np.testing.assert_allclose(out, alone[0], rtol=1e-4, atol=1e-5)
+        assert r.value["fastercache"][2] == 1
 
 
 def _nan_on_ranks(rank: int, world: int) -> tuple:

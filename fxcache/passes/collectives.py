@@ -22,6 +22,7 @@ import re
 import torch
 import torch.fx as fx
 
+from .. import metrics
 from .nodes import block_of, normalise
 
 _FUNCTIONAL = "_c10d_functional"
@@ -97,3 +98,19 @@ def all_reduce_sum(x: torch.Tensor, groups: tuple[str, ...]) -> torch.Tensor:
     for name in groups:
         x = torch.ops._c10d_functional.wait_tensor(torch.ops._c10d_functional.all_reduce(x, "sum", name))
     return x
+
+
+def agree(g: fx.Graph, reads: list, fins: list[int], results: list, groups: tuple[str, ...]) -> list:
+    """A model sharded over ranks: every value a decision reads becomes the global one, the same on every rank. The
+    distances' additive sums ([a, b] each) and the flags "this shard is not finite" are packed into one vector,
+    summed over the groups in one all-reduce each, and unpacked: distance a / b; finite where no shard is not.
+    Replaces the flags in `results`; returns `reads` with the global distances."""
+    parts = [v for _, v in reads]
+    if fins:
+        bad = [g.call_method("float", (g.call_function(torch.logical_not, (results[i],)),)) for i in fins]
+        parts.append(g.call_function(torch.stack, (bad,)))
+    packed = g.call_function(all_reduce_sum, (g.call_function(torch.cat, (parts,)), groups))
+    for k, i in enumerate(fins):
+        results[i] = g.call_function(operator.eq, (g.call_function(operator.getitem, (packed, 2 * len(reads) + k)), 0))
+    sums = [g.call_function(operator.getitem, (packed, slice(2 * i, 2 * i + 2))) for i in range(len(reads))]
+    return [(key, g.call_function(metrics.from_sums, (s,))) for (key, _), s in zip(reads, sums)]

@@ -225,7 +225,8 @@ def discover(gm: fx.GraphModule, example_inputs) -> Discovery | None:
                                      unless=("encoder",)),
                   encoder=_find_input(placeholders, example_inputs, ("encoder_hidden_states", "context", "prompt_embeds")),
                   last_use=last_use, placeholders=placeholders,
-                  symbols=symbolic.size_symbols(placeholders, is_param_like), groups=groups_of(nodes))
+                  symbols=symbolic.size_symbols(placeholders, is_param_like),
+                  groups=groups_of(nodes))
     d.indicators = indicators(d)
     d.modules = find_module_sites(d)
     return d

@@ -206,7 +206,7 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
             terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
             reads.append(((site, m), g.call_function(spec.sums() if d.groups else spec.batch(), (terms,))))
     if d.groups and (reads or fins):
-        reads = _agree(g, reads, fins, results, d.groups)
+        reads = collectives.agree(g, reads, fins, results, d.groups)
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read
         emit(("reads", tuple(k for k, _ in reads)), g.call_function(
             torch.stack, ([g.call_method("float", (v,)) for _, v in reads],)))
@@ -242,22 +242,6 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
     # Counted as the probe and the guess would be on their own: a unit the probe entered is computed.
     probe = units(start, probe_end, skips=False)
     return Variant(fx.GraphModule(gm, g), keep, outputs, probe + units(probe_end, stop), probe, reductions=reductions)
-
-
-def _agree(g: fx.Graph, reads: list, fins: list[int], results: list, groups: tuple[str, ...]) -> list:
-    """A model sharded over ranks: every value a decision reads becomes the global one, the same on every rank. The
-    distances' additive sums ([a, b] each) and the flags "this shard is not finite" are packed into one vector,
-    summed over the groups in one all-reduce each, and unpacked: distance a / b; finite where no shard is not.
-    Replaces the flags in `results`; returns `reads` with the global distances."""
-    parts = [v for _, v in reads]
-    if fins:
-        bad = [g.call_method("float", (g.call_function(torch.logical_not, (results[i],)),)) for i in fins]
-        parts.append(g.call_function(torch.stack, (bad,)))
-    packed = g.call_function(collectives.all_reduce_sum, (g.call_function(torch.cat, (parts,)), groups))
-    for k, i in enumerate(fins):
-        results[i] = g.call_function(operator.eq, (g.call_function(operator.getitem, (packed, 2 * len(reads) + k)), 0))
-    return [(key, g.call_function(metrics.from_sums, (g.call_function(operator.getitem, (packed, slice(2 * i, 2 * i + 2))),)))
-            for i, (key, _) in enumerate(reads)]
 
 
 def _continuation_sites(d: Discovery) -> list[Site]:
