@@ -170,22 +170,29 @@ def table(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(label: str) -> str:
+    if label.startswith("none:"):
+        return "uncached"
+    return label.replace("fxcache:", "").replace("(default: ", "(default ").split(" forecast=")[0].rstrip(")") + (
+        ")" if "(" in label else "")
+
+
 def plot(rows: list[dict], world: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["speedup_1"] for r in rows], 0.4, label="1 rank")
     ax.bar([x + 0.2 for x in xs], [r["speedup_n"] for r in rows], 0.4, label=f"{world} ranks (Ulysses)")
     for x, r in zip(xs, rows):
         mark = "=" if r["same_decisions"].startswith("yes") else "!"
         ax.text(x + 0.2, r["speedup_n"], mark, ha="center", va="bottom")
-    ax.set_xticks(list(xs), [r["label"].replace("fxcache:", "") for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(list(xs), [_short(r["label"]) for r in rows], rotation=25, ha="right", fontsize=7)
     ax.axhline(1.0, color="gray", lw=0.5)
-    ax.set_ylabel("speedup vs uncached (same ranks)")
+    ax.set_ylabel("speedup vs uncached, same ranks")
     ax.set_title("'=' over a bar: every rank took the single process's decisions", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -229,7 +236,8 @@ def main(argv=None) -> list[dict]:
         p1 = [psnr(c1[k], ref[k]) for k in range(len(ref))] if i else [None]
         pn = [psnr(cn[k], ref[k]) for k in range(len(ref))] if i else [None]
         rows.append({
-            "label": label, "same_decisions": ("yes" if same else "NO") + f" ({len(one['decisions'][i])} calls)",
+            "label": label, "same_decisions": (("yes" if same else "NO") + f" ({len(one['decisions'][i])} calls)"
+                                               if one["decisions"][i] else "- (not fxcache)"),
             "psnr_1": _mean(p1), "psnr_1_worst": min(p1) if i else None, "psnr_n": _mean(pn),
             "psnr_n_worst": min(pn) if i else None, "psnr_n_vs_1": min(psnr(cn[k], c1[k]) for k in range(len(c1))),
             "step_ms": statistics.median(n["times"][i]) / args.steps * 1e3,
