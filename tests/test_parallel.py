@@ -185,3 +185,17 @@ def test_a_rank_that_fails_raises_on_every_rank_and_nothing_hangs():
     assert time.monotonic() - start < 180
     assert not ranks[1].ok and "fails on purpose" in ranks[1].value
     assert not ranks[0].ok  # waited in a collective for rank 1, then raised at the process group's timeout
+
+
+def _disagree(rank: int, world: int) -> None:
+    # Each rank its own threshold: rank 0 never skips, rank 1 always would. Only a bug could do this in fxcache;
+    # check_ranks must stop both ranks before they run different variants (and wait in different collectives).
+    threshold = 0.0 if rank == 0 else 100.0
+    _generate("wan", {"policy": "fbcache", "threshold": threshold, "warmup_steps": 0}, world)
+
+
+def test_check_ranks_names_the_step_and_the_plans_of_ranks_that_disagree():
+    ranks = run_ranks(_disagree, world=2, timeout_s=180, pg_timeout_s=60, check=False)
+    for r in ranks:
+        assert not r.ok and "took different plans at step 2" in r.value, r.value[-2000:]
+        assert "rank 0: step 2" in r.value and "rank 1: step 2" in r.value

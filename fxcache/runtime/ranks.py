@@ -1,9 +1,10 @@
 """Every rank of a sharded model takes the same plan: a debug check (engine option `check_ranks`).
 
 The values a decision reads are made global inside the variants (passes/collectives.py), so ranks agree by
-construction. This check proves it at run time: after each call every rank shares its final plan with the others
-(one `all_gather_object` per process group: slow, for debugging) and all of them raise the same error, naming the
-step, the stream and each rank's plan, where one differs. Without it, ranks that disagree would wait in different
+construction. This check proves it at run time: before a plan runs (the policy's plan, and its decision after a
+probe), every rank shares it with the others (one
+`all_gather_object` per process group: slow, for debugging) and all of them raise the same error, naming the step,
+the stream and each rank's plan, where one differs. Without it, ranks that disagree would wait in different
 collectives until the process group times out.
 """
 

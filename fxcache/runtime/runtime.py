@@ -103,6 +103,8 @@ class Runtime:
         if unread and self.guard.settle(st, unread, inst):
             st.policy = self.policy.new_state()  # the stream started over: its policy plans afresh
             plan = self.policy.plan(call, st.policy)
+        if self.ranks is not None:  # before anything runs: ranks that disagree would wait in different collectives
+            self.ranks.agree(call, plan)
         values: dict = {}
         scratch: dict = {}
         measured = call.measured
@@ -121,6 +123,8 @@ class Runtime:
         if plan.stop is not None:
             probe = plan
             plan = self.policy.decide(call, st.policy)
+            if self.ranks is not None:
+                self.ranks.agree(call, plan)
             if plan.start != probe.stop or plan.stop is not None:
                 raise RuntimeError(f"fxcache: policy {self.policy.name} must continue from where its probe stopped")
             right = guess is not None and plan == guess
@@ -132,8 +136,6 @@ class Runtime:
                 outputs, variant = self._run(plan, args, st, values, scratch, measured, inst, streams)
                 computed += variant.units_computed
                 runs += 1
-        if self.ranks is not None:
-            self.ranks.agree(call, plan)
         if self.policy.joint:
             streams.joint.decided(call.step, plan.label)
         self.policy.observe(call, st.policy, plan)
