@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+import torch
+
 from .backend import DEFAULT_OPTIONS, DEFAULT_POLICY, DEFAULT_WHY, backend, instances_of, runtimes_of
 from .describe import describe as _describe
 from .policies import POLICIES
-from .runtime.state import context
+from .runtime.context import context
+from .runtime.requests import tables_of
 from .runtime.stats import Stats
 
-__all__ = ["POLICIES", "DEFAULT_POLICY", "DEFAULT_OPTIONS", "DEFAULT_WHY", "backend", "context", "explain", "reset", "stats", "Stats"]
+__all__ = ["POLICIES", "DEFAULT_POLICY", "DEFAULT_OPTIONS", "DEFAULT_WHY", "backend", "context", "explain", "release", "reset", "stats",
+           "Stats"]
 __version__ = "0.1.0"
 
 
@@ -26,8 +30,29 @@ def stats(model) -> Stats:
             total = total + inst.stats
             generations = max(generations, inst.stats.generations)
         total.cache_bytes += inst.nbytes()
+    for t in _tables(model):
+        live = t.live()
+        total.requests_live += len(live)
+        total.request_cache_bytes += sum(live.values())
+    total.cache_bytes += total.request_cache_bytes
     total.generations = generations  # every graph of a forward call sees the same generations: not a sum
     return total
+
+
+def _tables(model) -> list:
+    module = getattr(model, "_orig_mod", model)
+    if not isinstance(module, torch.nn.Module):
+        return []
+    return tables_of([*module.parameters(), *module.buffers()])
+
+
+def release(model, ids) -> int:
+    """Free the cache state of requests `ids` (given to `fxcache.context(requests=...)`) of `model`: call it when
+    a request finishes. Returns how many were held. An id that comes back later starts clean."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        ids = [ids]
+    ids = list(ids)
+    return sum(t.release(ids) for t in _tables(model))
 
 
 def reset(model) -> None:
@@ -35,6 +60,8 @@ def reset(model) -> None:
     itself (docs/guarantees.md); this is the escape hatch where detection cannot apply."""
     for _, inst in instances_of(model):
         inst.reset()
+    for t in _tables(model):
+        t.reset()
 
 
 def explain(model, file=None) -> str:

@@ -23,6 +23,8 @@ from .policies import POLICIES, Policy, Unsupported
 from .runtime.runtime import Runtime
 from .runtime.halfbatch import HalfBatch, HalfSource
 from .runtime.instances import Instance
+from .runtime.persample import PerSample
+from .runtime.rowgraph import RowGraphs
 from .runtime.state import Clock
 from .runtime.stats import DECISION_LOG
 from .runtime.variants import inner_compile
@@ -99,6 +101,11 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     if not isinstance(check_ranks, bool):
         raise option_error(f"fxcache: option 'check_ranks' (check that every rank of a sharded model took the same "
                            f"plan, a debug aid) must be True or False, got {check_ranks!r}")
+    per_sample = options.pop("per_sample", True)
+    if not isinstance(per_sample, bool):
+        raise option_error(f"fxcache: option 'per_sample' must be True (each request of a batch decides alone: a "
+                           f"batch row, or the rows given one id by fxcache.context(requests=...)) or False (the "
+                           f"whole batch decides together), got {per_sample!r}")
     calibration = options.pop("calibration", None)
     if calibration is not None:
         calibration = calibration_file.load(calibration)
@@ -106,7 +113,7 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,
                     "decision_log": decision_log, "piecewise": piecewise, "speculate": speculate,
-                    "cudagraphs": cudagraphs, "check_ranks": check_ranks}
+                    "cudagraphs": cudagraphs, "check_ranks": check_ranks, "per_sample": per_sample}
 
 
 def fxcache_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None, **_):
@@ -154,16 +161,22 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
             warnings.warn(f"fxcache: {reason}; compiling it without caching", stacklevel=3)
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
         return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
+    per_sample = engine.pop("per_sample")
     runtime = Runtime(gm, d, policy, **engine)
+    source = HalfSource.from_dynamo(gm, d) if not d.groups else None
     if policy.batched_cfg and d.groups:
         runtime.why_no_half = ("the model is sharded over ranks (context parallelism), where the cond half is not "
                                "traced")
     elif policy.batched_cfg:
-        source = HalfSource.from_dynamo(gm, d)
         if isinstance(source, HalfSource):
             runtime.half = HalfBatch(source, d)
         else:
             runtime.why_no_half = source
+    if per_sample and policy.name != "none" and d.hidden is not None:
+        why = ("the model is sharded over ranks (context parallelism)" if d.groups else
+               "no timestep input reaches the block graph" if d.timestep is None else source)
+        config = (policy.name, policy.describe(), engine["num_steps"])
+        runtime.per_sample = PerSample(RowGraphs(why, d), config)
     _RUNTIMES.add(runtime)
     return runtime
 

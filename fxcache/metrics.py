@@ -71,6 +71,12 @@ class Definition:
         `from_sums` of the ranks' summed [a, b] (context parallelism)."""
         return _SUMS[self.reduce]
 
+    def row_sums(self) -> Callable:
+        """(terms, rows) -> [2, rows], float32: the additive sums of each batch row (dim 0 of the terms is
+        batch-major: `rows` samples, each over one or more leading entries). A request's value over its rows is
+        `from_sums` of its rows' sums: the batch value of that request generated alone (runtime/persample.py)."""
+        return _ROW_SUMS[self.reduce]
+
 
 REFERENCES = ("cached", "peer")
 _REGISTRY: dict[str, Definition] = {}
@@ -162,6 +168,16 @@ def mean_sums(terms: torch.Tensor) -> torch.Tensor:
     return torch.stack([t.sum(), torch.ones_like(t).sum()])
 
 
+def ratio_row_sums(terms: tuple[torch.Tensor, torch.Tensor], rows) -> torch.Tensor:
+    num, den = terms
+    return torch.stack([num.float().reshape(rows, -1).sum(1), den.float().reshape(rows, -1).sum(1)])
+
+
+def mean_row_sums(terms: torch.Tensor, rows) -> torch.Tensor:
+    t = terms.float().reshape(rows, -1)
+    return torch.stack([t.sum(1), torch.ones_like(t).sum(1)])
+
+
 def from_sums(sums: torch.Tensor) -> torch.Tensor:
     """[a, b] summed over the shards -> the value (a / b; a ratio of zero over zero is 0, as `ratio_of_sums`)."""
     return torch.div(sums[0], sums[1].clamp_min(EPS))
@@ -170,6 +186,7 @@ def from_sums(sums: torch.Tensor) -> torch.Tensor:
 _BATCH = {"ratio": ratio_of_sums, "mean": mean_of_all}
 _SUMS = {"ratio": ratio_sums, "mean": mean_sums}
 _PER_SAMPLE = {"ratio": ratio_per_sample, "mean": mean_per_sample}
+_ROW_SUMS = {"ratio": ratio_row_sums, "mean": mean_row_sums}
 
 
 # ------------------------------------------------------------------------------------------- the metrics

@@ -73,6 +73,9 @@ class Plan:
     then: "Plan | None" = None
     # A fused plan: the probe stopped here; the values a continuation from here needs are emitted too.
     emit_at: Stop | None = None
+    # Set by the runtime, not the policy: the distances come back per batch row (additive sums, [2, rows] per
+    # (site, metric)), so that each request of the batch decides alone (runtime/persample.py).
+    rows: bool = False
 
     @property
     def rebuilds(self) -> bool:
@@ -90,7 +93,7 @@ class Plan:
         plans are the same decision when they are equal (`==`, every field); they share a variant when their keys
         are equal."""
         return (self.reuse, self.forecast, self.slots, self.window, self.write, self.measure, self.start, self.stop,
-                self.half, self.emit_at)
+                self.half, self.emit_at, self.rows)
 
 
 FULL = Plan()

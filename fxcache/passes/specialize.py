@@ -204,7 +204,11 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                                 f"{ref}_{m.name}_{site.kind}_{site.start}_{site.stop}{site.name}")
                     for ref in spec.references]
             terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
-            reads.append(((site, m), g.call_function(spec.sums() if d.groups else spec.batch(), (terms,))))
+            if plan.rows:  # per batch row: [2, rows] additive sums, rows = the batch size of this variant's input
+                rows = g.call_method("size", (value(d.placeholders[d.hidden]), 0))
+                reads.append(((site, m), g.call_function(spec.row_sums(), (terms, rows))))
+            else:
+                reads.append(((site, m), g.call_function(spec.sums() if d.groups else spec.batch(), (terms,))))
     if d.groups and (reads or fins):
         reads = collectives.agree(g, reads, fins, results, d.groups)
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read

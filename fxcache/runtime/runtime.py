@@ -21,20 +21,13 @@ from .cudagraphs import Graphed
 from .guard import NonFiniteGuard
 from .halfbatch import HalfBatch
 from .instances import Instances
+from .persample import ROWS, PerSample, paired, request_ids
 from .ranks import RankCheck
 from .speculation import Speculation
 from .state import Clock, Streams, StreamState
 from .stats import DECISION_LOG
 from .variants import VariantCache
 from .wiring import Wiring
-
-def _paired(x) -> bool:
-    """Whether batch `x` is two equal halves (a batched-CFG call: the same latent for uncond and cond)."""
-    if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 2 or x.shape[0] % 2:
-        return False
-    a, b = x.chunk(2)
-    return bool(torch.equal(a, b))
-
 
 def _as_is(x):
     return x
@@ -56,6 +49,11 @@ class Runtime:
 
         def make_streams() -> Streams:
             return Streams(d.timestep, d.hidden, d.encoder, user, policy.new_state, num_steps)
+
+        self.user_inputs = user
+        self.make_request_streams = lambda: Streams(None, None, None, [], policy.new_state, num_steps)
+        # Per-request decisions in a batch (persample.py); set by the backend, None where off or unavailable.
+        self.per_sample: PerSample | None = None
 
         self.instances = Instances(params[0] if params else None, make_streams, decision_log)
         self._warned: set[str] = set()
@@ -81,6 +79,15 @@ class Runtime:
 
     def __call__(self, *args):
         inst = self.instances.of(args)
+        if self.per_sample is not None:
+            ids = request_ids(self, args)
+            if ids is not None:
+                outputs = self.per_sample(self, args, inst, ids)
+                if outputs is not None:
+                    return outputs
+                self._warn_once(f"fxcache: per-request decisions are not available for this model "
+                                f"({self.per_sample.rowgraphs.failed}); the whole batch decides together (warned "
+                                f"once)", key="rows")
         streams = inst.streams()
         if self.discovery.timestep is not None:
             Clock.publish(args[self.discovery.timestep])
@@ -93,7 +100,7 @@ class Runtime:
             # From the second call on, when it is known whether the pipeline calls once per step (a second
             # stream would exist by now): a batch of two separate prompts with equal latents is not CFG.
             st.paired = (self.policy.batched_cfg and len(streams.states) == 1 and self.discovery.hidden is not None
-                         and _paired(args[self.discovery.hidden]) and self._half_ready(args))
+                         and paired(args[self.discovery.hidden]) and self._half_ready(args))
         call = make_call(st, streams, self.policy, self.num_steps)
         plan = self.policy.plan(call, st.policy)
         if plan.half and call.role != "batched":
@@ -174,10 +181,11 @@ class Runtime:
         return self._constants.get(kind, plan.coeffs if kind == "coef" else plan.scales, device)
 
     def _run(self, plan: Plan, args, st: StreamState, values: dict, scratch: dict, measured: dict, inst,
-             streams: Streams, store: frozenset | None = None):
-        """Run `plan`'s variant; store the sites it writes (those in `store` where given)."""
+             streams: Streams, store: frozenset | None = None, graph: VariantCache | None = None):
+        """Run `plan`'s variant (of `graph`, where given: a row graph); store the sites it writes (those in `store`
+        where given)."""
         run_plan = self._trimmed(plan, scratch)
-        variants, half = self.variants, self.half.at(st.shapes, args) if plan.half else None
+        variants, half = self.variants if graph is None else graph, self.half.at(st.shapes, args) if plan.half else None
         if half is not None:  # the cond half: its own graph; batched inputs and cached values cut to their cond half
             variants = half.variants
         variant, fn = variants.get(run_plan)
@@ -226,7 +234,9 @@ class Runtime:
                 scratch[("fin", key[1])] = escape(r)
             elif kind == "reads":
                 reads = (key[1], r)
-        if reads is not None:
+        if reads is not None and plan.rows:  # per-row sums: each request's values are made by persample.py
+            measured[ROWS] = (reads[0], reads[1], False)
+        elif reads is not None:
             self.guard.read(st, reads[0], reads[1], measured, inst)
         self._store(plan, scratch, st, plan.write if store is None else store)
         return (tuple(outs) if plan.stop is None else None), variant

@@ -22,28 +22,13 @@ timestep that the model's earlier graph published in the same thread during the 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-_CONTEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar("fxcache_stream", default=None)
-
-
-@contextlib.contextmanager
-def context(name: str):
-    """Name the stream of the calls made inside: `with fxcache.context("uncond"): model(...)`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"fxcache.context: name must be a non-empty string, got {name!r}")
-    token = _CONTEXT.set(name)
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
-
+from .context import _CONTEXT
 
 class Clock:
     """The timestep most recently seen by any fxcache graph of this thread, with a serial number, so that a block
@@ -204,6 +189,11 @@ class Streams:
         t = self._timestep(args)
         x = args[self.hidden_index] if self.hidden_index is not None else None
         text = args[self.encoder_index] if self.encoder_index is not None else None
+        return self.resolve_at(t, x, text, shapes)
+
+    def resolve_at(self, t: float | None, x, text, shapes: tuple) -> StreamState:
+        """`resolve` from the call's values: its timestep, latent, text embedding and input shapes (a request's
+        rows of a batched call: runtime/persample.py)."""
         explicit = _CONTEXT.get()
         same_t = t is not None and t == self.last_t
         new = False

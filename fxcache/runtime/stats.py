@@ -27,13 +27,16 @@ class Stats:
     compiles: int = 0  # variants compiled
     compile_time_s: float = 0.0
     cache_bytes: int = 0  # bytes held in cache buffers now (a gauge, filled in by fxcache.stats)
+    requests_live: int = 0  # requests holding cache state now (fxcache.context(requests=...), batch rows)
+    request_cache_bytes: int = 0  # ... and their bytes (part of cache_bytes)
     decision_counts: dict = field(default_factory=dict)  # plan label -> calls, over the model's lifetime
     # The most recent decisions (a bounded log; a list in fxcache.stats' snapshot): step, stream, decision,
-    # distance, blocks computed, sites (in-block values reused or forecast, and forecast residuals).
+    # distance, blocks computed, sites (in-block values reused or forecast, and forecast residuals); request (its
+    # id) where the call held several.
     decisions: deque | list = field(default_factory=lambda: deque(maxlen=DECISION_LOG))
 
     def count(self, call, plan, computed: int, units: int, runs: int, right: bool | None,
-              new_generation: bool) -> None:
+              new_generation: bool, request=None) -> None:
         """Count one call: its final `plan`, the block units it `computed` of `units`, the variants it ran, whether
         its speculative guess was right (None: no guess)."""
         reused = sum(1 for x in plan.reuse if x.kind == "module") if plan.reuse else 0
@@ -52,9 +55,12 @@ class Stats:
             self.full_steps += 1
         else:
             self.skipped_steps += 1
-        self.record({"step": call.step, "stream": call.stream, "decision": plan.label,
-                     "distance": next(iter(call.measured.values()), None), "blocks": computed,
-                     "sites": reused + len(plan.forecast)})
+        entry = {"step": call.step, "stream": call.stream, "decision": plan.label,
+                 "distance": next(iter(call.measured.values()), None), "blocks": computed,
+                 "sites": reused + len(plan.forecast)}
+        if request is not None:
+            entry["request"] = request
+        self.record(entry)
 
     def record(self, entry: dict) -> None:
         self.decisions.append(entry)

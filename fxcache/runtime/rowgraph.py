@@ -1,0 +1,148 @@
+"""The model's graph for any subset of a batch's rows: traced again, dynamic in the batch dimension.
+
+Per-request decisions (persample.py) run the rows that compute apart from the rows that reuse. Dynamo's graph of
+the call is static (batch-size literals are baked into its views), so the model's forward is traced once more
+with the batched inputs' dim 0 marked dynamic (`HalfSource`, which records how to call the forward again): one
+graph whose compiled variants serve every row count, 1 to B. It is traced on two copies of row 0 (Dynamo
+specialises sizes 0 and 1) and kept per input shapes without the batch dimension.
+
+An input is batched when its dim 0 is the call's batch size; the same test picks the rows of a call's inputs at
+run time (`inputs`). Values inside the graph are batched where their dim 0 is a multiple of the batch symbol
+(`factor`): probe values are gathered by rows with it, and written sites split per request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import sympy
+import torch
+
+from ..halfbatch_trace import HalfSource
+from ..passes.discover import Discovery, discover
+from ..passes.nodes import example, is_param_like
+
+KEEP = 4  # row graphs kept (distinct input shapes in use at once)
+
+
+def batched_inputs(args, user: list[int], batch: int) -> tuple[bool, ...]:
+    """For each user input of the parent graph: whether its dim 0 is the batch."""
+    return tuple(isinstance(args[i], torch.Tensor) and args[i].ndim >= 1 and args[i].shape[0] == batch
+                 for i in user)
+
+
+def rows_of(x: torch.Tensor, index: torch.Tensor, factor: int = 1) -> torch.Tensor:
+    """Rows `index` of a batch-major tensor whose dim 0 holds `factor` entries per row."""
+    if factor != 1:
+        index = (index[:, None] * factor + torch.arange(factor, device=index.device)).reshape(-1)
+    return x.index_select(0, index.to(x.device))
+
+
+class RowGraph:
+    """One trace: its discovery, its variants, and how to build its inputs from the parent's."""
+
+    def __init__(self, gm, d: Discovery, parent: Discovery, make_variants) -> None:
+        index = {p.name: i for i, p in enumerate(parent.placeholders)}
+        self.discovery = d
+        self._nodes = {n.name: n for n in d.nodes}
+        hidden = example(d.placeholders[d.hidden]) if d.hidden is not None else None
+        if not isinstance(hidden, torch.Tensor) or not isinstance(hidden.shape[0], torch.SymInt):
+            raise RuntimeError("the latent's batch dimension did not stay symbolic")
+        self.symbol = hidden.shape[0].node.expr
+        self.plan: list[tuple] = []  # per placeholder: ("arg", parent index, batched) | ("size", placeholder, dim)
+        where = {}
+        for k, p in enumerate(d.placeholders):
+            v = example(p)
+            if isinstance(v, torch.Tensor) and not is_param_like(p):
+                for dim, s in enumerate(v.shape):
+                    if isinstance(s, torch.SymInt):
+                        where.setdefault(s.node.expr, (k, dim))
+        for k, p in enumerate(d.placeholders):
+            v = example(p)
+            if isinstance(v, torch.SymInt):
+                expr = v.node.expr
+                if expr not in where:
+                    raise RuntimeError(f"size input {p.name} ({expr}) is no tensor input's dimension")
+                self.plan.append(("size", *where[expr]))
+            elif p.name in index:
+                batched = isinstance(v, torch.Tensor) and v.ndim >= 1 and self.factor(v.shape[0]) == 1
+                self.plan.append(("arg", index[p.name], batched))
+            else:
+                raise RuntimeError(f"the row graph has an input the call's graph does not ({p.name})")
+        self.variants = make_variants(gm, d)
+
+    def factor(self, length) -> int | None:
+        """Entries per row of a leading dimension `length` (a size of this graph), or None if not batch-major."""
+        if not isinstance(length, torch.SymInt):
+            return None
+        q = sympy.simplify(length.node.expr / self.symbol)
+        return int(q) if q.is_Integer and q > 0 else None
+
+    def val_factor(self, name: str) -> int | None:
+        """Entries per row of the graph value `name` (a probe value), or None if it is not batched."""
+        n = self._nodes.get(name)
+        v = example(n) if n is not None else None
+        return self.factor(v.shape[0]) if isinstance(v, torch.Tensor) and v.ndim >= 1 else None
+
+    def inputs(self, args, index: torch.Tensor) -> list:
+        """This graph's inputs for rows `index` of the parent call's `args`."""
+        out: list = []
+        for entry in self.plan:
+            if entry[0] == "arg":
+                a = args[entry[1]]
+                out.append(rows_of(a, index) if entry[2] else a)
+            else:
+                out.append(None)
+        for k, entry in enumerate(self.plan):
+            if entry[0] == "size":
+                out[k] = int(out[entry[1]].shape[entry[2]])
+        return out
+
+
+class RowGraphs:
+    """The row graphs of one runtime, traced on first use per input shapes; None where the model cannot be traced
+    again (`failed` says why)."""
+
+    def __init__(self, source: HalfSource | str, parent: Discovery) -> None:
+        self.source, self.parent = source, parent
+        self.failed: str | None = source if isinstance(source, str) else None
+        self._user = [i for i, p in enumerate(parent.placeholders) if not is_param_like(p)]
+        self._graphs: OrderedDict[tuple, RowGraph | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, args, batch: int, make_variants) -> RowGraph | None:
+        mask = batched_inputs(args, self._user, batch)
+        key = (mask, tuple(tuple(args[i].shape[1:] if b else args[i].shape) if isinstance(args[i], torch.Tensor)
+                           else None for i, b in zip(self._user, mask)))
+        with self._lock:
+            if key in self._graphs:
+                self._graphs.move_to_end(key)
+                return self._graphs[key]
+            if self.failed is not None and isinstance(self.source, str):
+                return None
+            graph = self._build(args, batch, make_variants)
+            self._graphs[key] = graph
+            while len(self._graphs) > KEEP:
+                self._graphs.popitem(last=False)
+            return graph
+
+    def _build(self, args, batch: int, make_variants) -> RowGraph | None:
+        def cut(x):
+            if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == batch:
+                y = x[:1].expand(2, *x.shape[1:]).contiguous()
+                torch._dynamo.mark_dynamic(y, 0)
+                return y
+            return x
+
+        try:
+            gm, example_inputs = self.source.call(args, cut)
+            d = discover(gm, example_inputs)
+            if d is None or d.num_units != self.parent.num_units or set(d.modules) != set(self.parent.modules):
+                raise RuntimeError("the row graph has other blocks than the call's graph")
+            if d.hidden is None:
+                raise RuntimeError("no latent input found in the row graph")
+            return RowGraph(gm, d, self.parent, make_variants)
+        except Exception as e:  # noqa: BLE001 - any failure: the runtime falls back to whole-batch decisions
+            self.failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            return None
