@@ -176,7 +176,7 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
         why = ("the model is sharded over ranks (context parallelism)" if d.groups else
                "no timestep input reaches the block graph" if d.timestep is None else source)
         config = (policy.name, policy.describe(), engine["num_steps"])
-        runtime.per_sample = PerSample(RowGraphs(why, d), config)
+        runtime.per_sample = PerSample(RowGraphs(why, d, gm), config)
     _RUNTIMES.add(runtime)
     return runtime
 

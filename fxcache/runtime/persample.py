@@ -18,9 +18,8 @@ written values for all its requests (conservative: they compute again).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
@@ -29,90 +28,8 @@ from . import requests as request_tables
 from .calls import make_call
 from .context import requests
 from .rowgraph import RowGraph, rows_of
+from .rowgroups import ROWS, Member, factor, scatter, spread, take, view
 
-ROWS = "rows"  # the key under which a run leaves its per-row distances in `measured` (runtime._run)
-
-
-@dataclass(eq=False)
-class Member:
-    """One request of this call."""
-
-    rid: object
-    rows: list
-    streams: object
-    st: object = None
-    call: object = None
-    plan: Plan | None = None
-    new_generation: bool = False
-    computed: int = 0
-    runs: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-class _Merged:
-    """The cached values of several requests' streams as one batch (concatenated along dim 0, in group order)."""
-
-    def __init__(self, states: list) -> None:
-        self.states, self._memo = states, {}
-
-    def get(self, site, default=()):
-        hit = self._memo.get(site)
-        if hit is None:
-            per = [st.cache.get(site) for st in self.states]
-            if any(not p for p in per):
-                return default
-            depth = min(len(p) for p in per)
-            hit = self._memo[site] = [tuple(torch.cat([p[s][j] for p in per]) for j in range(len(per[0][s])))
-                                      for s in range(depth)]
-        return hit
-
-
-class Group:
-    """Several requests' stream states seen as one (what runtime._run reads and stores)."""
-
-    def __init__(self, states: list, sizes: list[int]) -> None:
-        self.states, self.sizes = states, sizes
-        self.name, self.shapes, self.pending = states[0].name, (), {}
-        self.cache = _Merged(states)
-
-    def store(self, site, values, finite=None, depth: int = 1) -> None:
-        total, offset = sum(self.sizes), 0
-        for st, n in zip(self.states, self.sizes):
-            parts = []
-            for v in values:
-                if v.ndim == 0 or v.shape[0] % total:
-                    raise RuntimeError(f"fxcache: {site} is not batch-major ({tuple(v.shape)} for {total} rows)")
-                f = v.shape[0] // total
-                parts.append(v.narrow(0, offset * f, n * f))
-            st.store(site, parts, finite, depth)
-            offset += n
-
-    def drop(self, site) -> None:
-        for st in self.states:
-            st.drop(site)
-
-
-class _Peers:
-    """The group's peer streams (the cond stream of each request, for its uncond call), as one `Streams.states`."""
-
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-
-    @property
-    def states(self):
-        return self
-
-    def get(self, name):
-        states = [m.streams.states.get(name) for m in self.members]
-        if any(s is None for s in states):
-            return None
-        return Group(states, [len(m.rows) for m in self.members])
-
-
-def _view(members: list[Member]):
-    if len(members) == 1:
-        return members[0].st, members[0].streams
-    return Group([m.st for m in members], [len(m.rows) for m in members]), _Peers(members)
 
 
 def _row_timesteps(ts, batch: int) -> list:
@@ -221,103 +138,77 @@ class PerSample:
         for m in members:
             groups.setdefault(m.plan, []).append(m)
         for plan, group in groups.items():
-            parts += self._run(rt, graph, plan, group, args, inst)
+            parts += self._run(rt, graph, plan, group, args, inst, batch)
         for m in members:
             if policy.joint:
                 m.streams.joint.decided(m.call.step, m.plan.label)
             policy.observe(m.call, m.st.policy, m.plan)
             with inst.lock:
-                inst.stats.count(m.call, m.plan, m.computed, d.num_units, m.runs, None, m.new_generation,
+                inst.stats.count(m.call, m.plan, m.computed, d.num_units, m.runs, m.right, m.new_generation,
                                  request=m.rid)
-        return _scatter(parts, batch)
+        return scatter(parts, batch)
 
-    def _run(self, rt, graph: RowGraph, plan: Plan, group: list[Member], args, inst) -> list:
+    def _run(self, rt, graph: RowGraph, plan: Plan, group: list[Member], args, inst, batch: int) -> list:
+        """Run one group's plan; a probe's requests then decide and continue in groups of their own. A probe runs
+        fused with its guessed continuation (runtime/speculation.py): the requests whose decision is the guess are
+        done; the others continue from the probe's values, on their rows."""
         rows = [r for m in group for r in m.rows]
-        index = torch.tensor(rows)
-        st, peers = _view(group)
+        st, peers = view(group)
         values, scratch, measured = {}, {}, {}
-        run = replace(plan, rows=True) if plan.measure else plan
-        outs, variant = rt._run(run, graph.inputs(args, index), st, values, scratch, measured, inst, peers,
-                                graph=graph.variants)
+        fusion = rt.speculation.fused(plan) if rt.speculation is not None and plan.then is not None else None
+        run = fusion[0] if fusion is not None else plan
+        outs, variant = rt._run(replace(run, rows=True) if run.measure else run, graph.inputs(args, rows, batch),
+                                st, values, scratch, measured, inst, peers,
+                                store=plan.write if fusion is not None else None, graph=graph.variants)
         for m in group:
-            m.computed += variant.units_computed
             m.runs += 1
-        _spread(measured, group, plan)
+        spread(measured, group)
         if plan.stop is None:
+            for m in group:
+                m.computed += variant.units_computed
             return [(rows, outs)]
+        guess = plan.then if fusion is not None else None
+        spec = {k: scratch.pop(k) for k in fusion[1] if k in scratch} if fusion is not None else {}
         decided: OrderedDict = OrderedDict()
         for k, m in enumerate(group):
             m.plan = decide_for(rt, m.call, m.st, plan)
             decided.setdefault(m.plan, []).append(k)
-        parts = []
         offsets = [0]
         for m in group:
             offsets.append(offsets[-1] + len(m.rows))
+        parts = []
         for cont, ks in decided.items():
             sub = [group[k] for k in ks]
             sub_rows = [r for m in sub for r in m.rows]
-            if len(sub) == len(group):
-                sv, ss = values, scratch
-            else:  # this continuation's rows of the probe's values
-                pos = torch.tensor([p for k in ks for p in range(offsets[k], offsets[k + 1])])
-                sv = {name: _take(v, pos, graph.val_factor(name)) for name, v in values.items()}
-                ss = {k: ([_take(t, pos, _factor(t, len(rows))) for t in v] if isinstance(v, list) else v)
-                      for k, v in scratch.items()}
-            sst, speers = _view(sub)
+            pos = None if len(sub) == len(group) else torch.tensor(
+                [p for k in ks for p in range(offsets[k], offsets[k + 1])])
+
+            def rows_of_group(d: dict) -> dict:  # this subset's rows of the group's site values
+                if pos is None:
+                    return d
+                return {k: ([take(t, pos, factor(t, len(rows))) for t in v] if isinstance(v, list) else v)
+                        for k, v in d.items()}
+
+            sst, speers = view(sub)
+            if cont == guess:  # the fused variant ran this continuation: keep its writes and outputs
+                for m in sub:
+                    m.computed += variant.units_computed
+                    m.right = True
+                rt._store(cont, rows_of_group({**scratch, **spec}), sst, cont.write - plan.write)
+                parts.append((sub_rows, outs if pos is None else
+                              tuple(take(o, pos, factor(o, len(rows))) for o in outs)))
+                continue
+            for m in sub:
+                m.computed += variant.units_probe if fusion is not None else variant.units_computed
+                m.right = None if guess is None else False
+            sv = values if pos is None else {name: take(v, pos, graph.val_factor(name)) for name, v in values.items()}
             measured2 = {}
-            run2 = replace(cont, rows=True) if cont.measure else cont
-            outs2, v2 = rt._run(run2, graph.inputs(args, torch.tensor(sub_rows)), sst, sv, ss, measured2, inst,
-                                speers, graph=graph.variants)
+            outs2, v2 = rt._run(replace(cont, rows=True) if cont.measure else cont,
+                                graph.inputs(args, sub_rows, batch), sst, sv, rows_of_group(scratch),
+                                measured2, inst, speers, graph=graph.variants)
             for m in sub:
                 m.computed += v2.units_computed
                 m.runs += 1
-            _spread(measured2, sub, cont)
+            spread(measured2, sub)
             parts.append((sub_rows, outs2))
         return parts
-
-
-def _factor(t, rows: int) -> int | None:
-    if isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[0] % rows == 0:
-        return t.shape[0] // rows
-    return None
-
-
-def _take(v, pos: torch.Tensor, factor: int | None):
-    return rows_of(v, pos, factor) if factor is not None and isinstance(v, torch.Tensor) else v
-
-
-def _spread(measured: dict, group: list[Member], plan: Plan) -> None:
-    """Each request's distances from its rows' sums (one host read for the group)."""
-    got = measured.get(ROWS)
-    if got is None:
-        return
-    keys, matrix, bad = got
-    sums = matrix.tolist()  # [keys][2][rows]
-    offset = 0
-    for m in group:
-        n = len(m.rows)
-        for k, key in enumerate(keys):
-            a = sum(sums[k][0][offset:offset + n])
-            b = sum(sums[k][1][offset:offset + n])
-            v = a / max(b, 1e-12)
-            m.call.measured[key] = v if math.isfinite(v) and not bad else math.nan
-        offset += n
-
-
-def _scatter(parts: list, batch: int) -> tuple:
-    """The call's outputs from each group's (rows, outputs)."""
-    if len(parts) == 1 and parts[0][0] == list(range(batch)):
-        return parts[0][1]
-    n_out = len(parts[0][1])
-    outs = []
-    for i in range(n_out):
-        first = parts[0][1][i]
-        f = first.shape[0] // len(parts[0][0])
-        out = first.new_empty((batch * f, *first.shape[1:]))
-        for rows, o in parts:
-            index = torch.tensor(rows, device=out.device)
-            if f != 1:
-                index = (index[:, None] * f + torch.arange(f, device=out.device)).reshape(-1)
-            out.index_copy_(0, index, o[i])
-        outs.append(out)
-    return tuple(outs)

@@ -85,13 +85,16 @@ class RowGraph:
         v = example(n) if n is not None else None
         return self.factor(v.shape[0]) if isinstance(v, torch.Tensor) and v.ndim >= 1 else None
 
-    def inputs(self, args, index: torch.Tensor) -> list:
-        """This graph's inputs for rows `index` of the parent call's `args`."""
+    def inputs(self, args, rows: list[int], batch: int) -> list:
+        """This graph's inputs for rows `rows` of the parent call's `args` (a batch of `batch` rows)."""
+        index = None if rows == list(range(batch)) else torch.tensor(rows)
         out: list = []
         for entry in self.plan:
             if entry[0] == "arg":
                 a = args[entry[1]]
-                out.append(rows_of(a, index) if entry[2] else a)
+                if entry[2]:  # traced contiguous (a pipeline's `t.expand(B)` is not): compiled code assumes so
+                    a = rows_of(a, index) if index is not None else a.contiguous()
+                out.append(a)
             else:
                 out.append(None)
         for k, entry in enumerate(self.plan):
@@ -104,8 +107,8 @@ class RowGraphs:
     """The row graphs of one runtime, traced on first use per input shapes; None where the model cannot be traced
     again (`failed` says why)."""
 
-    def __init__(self, source: HalfSource | str, parent: Discovery) -> None:
-        self.source, self.parent = source, parent
+    def __init__(self, source: HalfSource | str, parent: Discovery, parent_gm=None) -> None:
+        self.source, self.parent, self.parent_gm = source, parent, parent_gm
         self.failed: str | None = source if isinstance(source, str) else None
         self._user = [i for i, p in enumerate(parent.placeholders) if not is_param_like(p)]
         self._graphs: OrderedDict[tuple, RowGraph | None] = OrderedDict()
@@ -119,7 +122,7 @@ class RowGraphs:
             if key in self._graphs:
                 self._graphs.move_to_end(key)
                 return self._graphs[key]
-            if self.failed is not None and isinstance(self.source, str):
+            if isinstance(self.source, str):
                 return None
             graph = self._build(args, batch, make_variants)
             self._graphs[key] = graph
@@ -128,6 +131,14 @@ class RowGraphs:
             return graph
 
     def _build(self, args, batch: int, make_variants) -> RowGraph | None:
+        hidden = example(self.parent.placeholders[self.parent.hidden])
+        if self.parent_gm is not None and isinstance(hidden.shape[0], torch.SymInt):
+            # Dynamo's own graph is dynamic in the batch already (automatic dynamic shapes, after a second batch
+            # size): it serves every row count as it is
+            try:
+                return RowGraph(self.parent_gm, self.parent, self.parent, make_variants)
+            except RuntimeError:
+                pass
         def cut(x):
             if isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[0] == batch:
                 y = x[:1].expand(2, *x.shape[1:]).contiguous()
