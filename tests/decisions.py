@@ -42,8 +42,9 @@ def decisions_of(model) -> list[list]:
 
 def compiled(model, options: dict):
     torch._dynamo.reset()
-    return torch.compile(model, fullgraph=True,
-                         backend=fxcache.backend(compiler="eager", decision_log=4096, **options))
+    # One decision for the whole batch, as the runs were recorded (per-request decisions: tests/test_per_sample.py)
+    return torch.compile(model, fullgraph=True, backend=fxcache.backend(compiler="eager", decision_log=4096,
+                                                                        per_sample=False, **options))
 
 
 def reference_settings() -> list[dict]:

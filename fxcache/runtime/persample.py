@@ -90,6 +90,19 @@ def decide_for(rt, call, st, probe: Plan) -> Plan:
     return plan
 
 
+def _same_resolution(m: Member, t, shapes: tuple) -> None:
+    """A request in the middle of its generation (its timestep still falling) keeps its input shapes: requests of
+    different resolutions cannot be one request (the caller batches by resolution)."""
+    s = m.streams
+    if s.states and t is not None and s.last_t is not None and t < s.last_t and all(
+            st.shapes != shapes for st in s.states.values()):
+        old = next(iter(s.states.values())).shapes
+        raise ValueError(f"fxcache: request {m.rid!r} changed input shapes in the middle of its generation "
+                         f"({[tuple(x) for x in old]} -> {[tuple(x) for x in shapes]}); requests of different "
+                         f"resolutions need ids of their own (batch them apart), and a finished request is "
+                         f"released with fxcache.release(model, ids)")
+
+
 class PerSample:
     def __init__(self, rowgraphs, config) -> None:
         self.rowgraphs, self.config = rowgraphs, config
@@ -127,6 +140,7 @@ class PerSample:
             shapes = tuple((len(m.rows), *args[i].shape[1:]) if args[i].ndim >= 1 and args[i].shape[0] == batch
                            else tuple(args[i].shape) for i in user if isinstance(args[i], torch.Tensor))
             m.streams = table.of(m.rid)
+            _same_resolution(m, t, shapes)
             before = m.streams.generation
             m.st = m.streams.resolve_at(t, rows_of(x, index), None if text is None else rows_of(text, index),
                                         shapes)

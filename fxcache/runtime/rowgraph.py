@@ -39,17 +39,28 @@ def rows_of(x: torch.Tensor, index: torch.Tensor, factor: int = 1) -> torch.Tens
     return x.index_select(0, index.to(x.device))
 
 
+def _canonical(size: torch.SymInt):
+    """A size's expression with the shape environment's replacements applied: Dynamo gives each dynamic input its
+    own symbol and records which are equal (the latent's batch and the text's) as replacements."""
+    expr = size.node.expr
+    env = getattr(size.node, "shape_env", None)
+    try:
+        return env.replace(expr) if env is not None else expr
+    except Exception:  # noqa: BLE001 - a private API: the raw expression is the fallback
+        return expr
+
+
 class RowGraph:
     """One trace: its discovery, its variants, and how to build its inputs from the parent's."""
 
-    def __init__(self, gm, d: Discovery, parent: Discovery, make_variants) -> None:
+    def __init__(self, gm, d: Discovery, parent: Discovery, make_variants, batched: dict | None = None) -> None:
         index = {p.name: i for i, p in enumerate(parent.placeholders)}
         self.discovery = d
         self._nodes = {n.name: n for n in d.nodes}
         hidden = example(d.placeholders[d.hidden]) if d.hidden is not None else None
         if not isinstance(hidden, torch.Tensor) or not isinstance(hidden.shape[0], torch.SymInt):
             raise RuntimeError("the latent's batch dimension did not stay symbolic")
-        self.symbol = hidden.shape[0].node.expr
+        self.symbol = _canonical(hidden.shape[0])
         self.plan: list[tuple] = []  # per placeholder: ("arg", parent index, batched) | ("size", placeholder, dim)
         where = {}
         for k, p in enumerate(d.placeholders):
@@ -66,8 +77,11 @@ class RowGraph:
                     raise RuntimeError(f"size input {p.name} ({expr}) is no tensor input's dimension")
                 self.plan.append(("size", *where[expr]))
             elif p.name in index:
-                batched = isinstance(v, torch.Tensor) and v.ndim >= 1 and self.factor(v.shape[0]) == 1
-                self.plan.append(("arg", index[p.name], batched))
+                # The inputs traced with a dynamic batch (`batched`, by parent index); else read from the sizes
+                i = index[p.name]
+                is_batched = (batched.get(i, False) if batched is not None else
+                              isinstance(v, torch.Tensor) and v.ndim >= 1 and self.factor(v.shape[0]) == 1)
+                self.plan.append(("arg", i, is_batched))
             else:
                 raise RuntimeError(f"the row graph has an input the call's graph does not ({p.name})")
         self.variants = make_variants(gm, d)
@@ -76,7 +90,7 @@ class RowGraph:
         """Entries per row of a leading dimension `length` (a size of this graph), or None if not batch-major."""
         if not isinstance(length, torch.SymInt):
             return None
-        q = sympy.simplify(length.node.expr / self.symbol)
+        q = sympy.simplify(_canonical(length) / self.symbol)
         return int(q) if q.is_Integer and q > 0 else None
 
     def val_factor(self, name: str) -> int | None:
@@ -153,7 +167,8 @@ class RowGraphs:
                 raise RuntimeError("the row graph has other blocks than the call's graph")
             if d.hidden is None:
                 raise RuntimeError("no latent input found in the row graph")
-            return RowGraph(gm, d, self.parent, make_variants)
+            mask = dict(zip(self._user, batched_inputs(args, self._user, batch)))
+            return RowGraph(gm, d, self.parent, make_variants, mask)
         except Exception as e:  # noqa: BLE001 - any failure: the runtime falls back to whole-batch decisions
             self.failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
             return None
