@@ -1,7 +1,7 @@
 """Per-request caching in a serving engine: continuous (step) batching through the reference model.
 
     python -m bench.serve                 # -> bench/results/serve.{json,md,png}   (~25 min on 2 CPU cores)
-    python -m bench.serve --quick         # a smoke run: 4 requests, eager, two settings
+    python -m bench.serve --quick         # a smoke run: 3 requests, eager, two settings
     python -m bench.serve --soak 300      # -> bench/results/serve-soak.{json,md,png}: memory over 300 requests
 
 Serving (bench/serving.py): N requests (prompts, step counts and seeds cycled; one arriving every `gap` loop
@@ -103,7 +103,7 @@ def run_serving(args, transformer, encoder) -> list[dict]:
 
 def run_static(args, transformer, encoder) -> list[dict]:
     out = []
-    for batch in ((1, 4) if args.quick else (1, 4, 8)):
+    for batch in ((1, 2) if args.quick else (1, 4, 8)):
         prompts = (PROMPTS * 2)[:batch]
         cond, uncond = encoder.encode(prompts)
         lat = torch.cat([initial_latents(1, 100 + i) for i in range(batch)])
@@ -175,12 +175,12 @@ def main(argv=None) -> None:
     p.add_argument("--static-steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compiler", default="inductor", choices=("inductor", "eager"))
-    p.add_argument("--quick", action="store_true", help="4 requests of 6-8 steps, eager, two settings")
+    p.add_argument("--quick", action="store_true", help="3 requests of 4-6 steps, eager, two settings")
     p.add_argument("--soak", type=int, default=0, help="instead: a memory soak over this many requests")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
-        args.requests, args.steps, args.gap, args.static_steps, args.repeats = 4, [8, 6], 2, 8, 1
+        args.requests, args.steps, args.gap, args.static_steps, args.repeats = 3, [6, 4], 2, 6, 1
         args.compiler = "eager"
     torch.set_num_threads(min(2, torch.get_num_threads()))
     transformer, encoder = load()

@@ -118,3 +118,19 @@ def test_faithful_quick_matches_diffusers_fbcache():
         assert clip["decisions_identical"] and clip["calls"] == 16, clip
         assert clip["psnr_fxcache_vs_peer"] == float("inf")
     assert result["pairs"][1]["clips"][0]["fxcache_blocks_run"] < 16 * 6  # 0.2 skips blocks on 8 steps
+
+
+def test_serve_quick_runs(tmp_path):
+    """The serving benchmark end to end on a few short requests: per-request decisions give each request what it
+    gets alone uncached up to the cache's own error, and release every request's state."""
+    import json
+
+    from bench import serve
+
+    serve.main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "serve-quick.json").read_text())
+    modes = [(r["setting"], r["mode"]) for r in result["serving"]]
+    assert modes[0] == ("none", "uncached") and ("fbcache 0.05", "request") in modes
+    assert all(r["requests_live_after"] == 0 for r in result["serving"])
+    assert {r["batch"] for r in result["static"]} == {1, 2}
+    assert (tmp_path / "serve-quick.png").exists() and (tmp_path / "serve-quick.md").exists()

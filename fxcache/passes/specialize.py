@@ -16,9 +16,8 @@ The variant computes the node range [start, stop) of the original graph with:
   a cond-half plan (`plan.half`, batched CFG, specialised on the half-batch graph) returns [rebuilt uncond; cond].
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
 
-A measured site's metrics are registered functions (fxcache/metrics.py): each is called on the site's value and
-the references it declares (this stream's cached value, the peer stream's), its terms reduced to one value for the
-batch; this pass knows no metric by name. A plan that reuses OUTPUT returns the cached output and runs nothing.
+A measured site's metrics are registered functions (fxcache/metrics.py), called on the site's value and the
+references they declare; this pass knows no metric by name. A plan that reuses OUTPUT returns the cached output and runs nothing.
 Inputs and outputs are described by keys (passes/variant.py).
 """
 
@@ -204,11 +203,10 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
                                 f"{ref}_{m.name}_{site.kind}_{site.start}_{site.stop}{site.name}")
                     for ref in spec.references]
             terms = g.call_function(spec.fn, (vals[m.output], *refs), m.kwargs)
-            if plan.rows:  # per batch row: [2, rows] additive sums, rows = the batch size of this variant's input
-                rows = g.call_method("size", (value(d.placeholders[d.hidden]), 0))
-                reads.append(((site, m), g.call_function(spec.row_sums(), (terms, rows))))
-            else:
-                reads.append(((site, m), g.call_function(spec.sums() if d.groups else spec.batch(), (terms,))))
+            # per batch row ([2, rows] additive sums, for per-request decisions), over the ranks, or for the batch
+            args = (terms, g.call_method("size", (value(d.placeholders[d.hidden]), 0))) if plan.rows else (terms,)
+            reduce = spec.row_sums() if plan.rows else spec.sums() if d.groups else spec.batch()
+            reads.append(((site, m), g.call_function(reduce, args)))
     if d.groups and (reads or fins):
         reads = collectives.agree(g, reads, fins, results, d.groups)
     if reads:  # every distance of the plan in one float32 vector: the runtime reads them in one host read

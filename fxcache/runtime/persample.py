@@ -64,7 +64,7 @@ def request_ids(rt, args) -> tuple | None:
         if batch == 2:
             return None
         if rt.policy.batched_cfg:
-            rt._warn_once(f"fxcache: policy {rt.policy.name} rebuilds the uncond half of batched-CFG calls, "
+            rt._warn_once(f"fxcache: policy {rt.policy.name} rebuilds unconditional outputs of batched-CFG calls, "
                             f"which is decided for the whole batch; a batch of several prompts decides together "
                             f"(warned once)", key="rows-cfg")
             return None
@@ -215,7 +215,9 @@ class PerSample:
             for m in sub:
                 m.computed += variant.units_probe if fusion is not None else variant.units_computed
                 m.right = None if guess is None else False
-            sv = values if pos is None else {name: take(v, pos, graph.val_factor(name)) for name, v in values.items()}
+            # contiguous whether gathered or not: compiled code asserts the strides it was compiled for
+            sv = {name: (take(v, pos, graph.val_factor(name)) if pos is not None else v).contiguous()
+                  if isinstance(v, torch.Tensor) else v for name, v in values.items()}
             measured2 = {}
             outs2, v2 = rt._run(replace(cont, rows=True) if cont.measure else cont,
                                 graph.inputs(args, sub_rows, batch), sst, sv, rows_of_group(scratch),

@@ -146,11 +146,12 @@ class RowGraphs:
 
     def _build(self, args, batch: int, make_variants) -> RowGraph | None:
         hidden = example(self.parent.placeholders[self.parent.hidden])
+        mask = dict(zip(self._user, batched_inputs(args, self._user, batch)))
         if self.parent_gm is not None and isinstance(hidden.shape[0], torch.SymInt):
             # Dynamo's own graph is dynamic in the batch already (automatic dynamic shapes, after a second batch
             # size): it serves every row count as it is
             try:
-                return RowGraph(self.parent_gm, self.parent, self.parent, make_variants)
+                return RowGraph(self.parent_gm, self.parent, self.parent, make_variants, mask)
             except RuntimeError:
                 pass
         def cut(x):
@@ -167,7 +168,6 @@ class RowGraphs:
                 raise RuntimeError("the row graph has other blocks than the call's graph")
             if d.hidden is None:
                 raise RuntimeError("no latent input found in the row graph")
-            mask = dict(zip(self._user, batched_inputs(args, self._user, batch)))
             return RowGraph(gm, d, self.parent, make_variants, mask)
         except Exception as e:  # noqa: BLE001 - any failure: the runtime falls back to whole-batch decisions
             self.failed = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"

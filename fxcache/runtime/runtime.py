@@ -52,8 +52,7 @@ class Runtime:
 
         self.user_inputs = user
         self.make_request_streams = lambda: Streams(None, None, None, [], policy.new_state, num_steps)
-        # Per-request decisions in a batch (persample.py); set by the backend, None where off or unavailable.
-        self.per_sample: PerSample | None = None
+        self.per_sample: PerSample | None = None  # per-request decisions in a batch; set by the backend
 
         self.instances = Instances(params[0] if params else None, make_streams, decision_log)
         self._warned: set[str] = set()
