@@ -1,6 +1,6 @@
 """Per-request caching in a serving engine: continuous (step) batching through the reference model.
 
-    python -m bench.serve                 # -> bench/results/serve.{json,md,png}   (~25 min on 2 CPU cores)
+    python -m bench.serve                 # -> bench/results/serve.{json,md,png}   (~45 min on 2 CPU cores)
     python -m bench.serve --quick         # a smoke run: 3 requests, eager, two settings
     python -m bench.serve --soak 300      # -> bench/results/serve-soak.{json,md,png}: memory over 300 requests
 
@@ -43,19 +43,15 @@ from .serving import serve, workload
 
 # (label, options): the cache settings compared; each runs with per_sample False ("batch") and True ("request").
 SETTINGS = [
-    ("fbcache 0.05", {"policy": "fbcache", "threshold": 0.05}),
     ("fbcache 0.1", {"policy": "fbcache", "threshold": 0.1}),
     ("fbcache 0.2", {"policy": "fbcache", "threshold": 0.2}),
-    ("teacache 0.1", {"policy": "teacache", "threshold": 0.1, "calibration": str(CALIBRATION)}),
     ("teacache 0.2", {"policy": "teacache", "threshold": 0.2, "calibration": str(CALIBRATION)}),
     ("magcache (Wan)", {"policy": "magcache", "calibration": str(CALIBRATION)}),
     ("taylorseer", {"policy": "taylorseer"}),
     ("default", {}),
 ]
-STATIC = [("fbcache 0.05", {"policy": "fbcache", "threshold": 0.05}),
-          ("fbcache 0.1", {"policy": "fbcache", "threshold": 0.1}),
-          ("fbcache 0.2", {"policy": "fbcache", "threshold": 0.2}),
-          ("teacache 0.2", {"policy": "teacache", "threshold": 0.2, "calibration": str(CALIBRATION)})]
+STATIC = [("fbcache 0.1", {"policy": "fbcache", "threshold": 0.1}),
+          ("fbcache 0.2", {"policy": "fbcache", "threshold": 0.2})]
 
 
 def _compiled(transformer, options: dict, compiler: str, per_sample: bool):

@@ -215,9 +215,7 @@ class PerSample:
             for m in sub:
                 m.computed += variant.units_probe if fusion is not None else variant.units_computed
                 m.right = None if guess is None else False
-            # contiguous whether gathered or not: compiled code asserts the strides it was compiled for
-            sv = {name: (take(v, pos, graph.val_factor(name)) if pos is not None else v).contiguous()
-                  if isinstance(v, torch.Tensor) else v for name, v in values.items()}
+            sv = values if pos is None else {name: take(v, pos, graph.val_factor(name)) for name, v in values.items()}
             measured2 = {}
             outs2, v2 = rt._run(replace(cont, rows=True) if cont.measure else cont,
                                 graph.inputs(args, sub_rows, batch), sst, sv, rows_of_group(scratch),

@@ -33,10 +33,25 @@ def batched_inputs(args, user: list[int], batch: int) -> tuple[bool, ...]:
 
 
 def rows_of(x: torch.Tensor, index: torch.Tensor, factor: int = 1) -> torch.Tensor:
-    """Rows `index` of a batch-major tensor whose dim 0 holds `factor` entries per row."""
+    """Rows `index` of a batch-major tensor whose dim 0 holds `factor` entries per row, in `x`'s layout (compiled
+    variants assert the strides they were compiled for: a probe's value may be a chunk of a wider tensor)."""
     if factor != 1:
         index = (index[:, None] * factor + torch.arange(factor, device=index.device)).reshape(-1)
-    return x.index_select(0, index.to(x.device))
+    if x.stride(0) == 0:  # an expanded input (`t.expand(B)`): every row is the same
+        return x[:1].expand(index.numel(), *x.shape[1:])
+    return like(x, x.index_select(0, index.to(x.device)))
+
+
+def like(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`x` (rows of tensors laid out as `ref`) in `ref`'s strides, where dim 0 is `ref`'s outermost dimension."""
+    if x.stride() == ref.stride() or x.ndim == 0:
+        return x
+    inner = max(((n - 1) * st for n, st in zip(ref.shape[1:], ref.stride()[1:])), default=0) + 1
+    if ref.stride(0) < inner:
+        return x
+    out = torch.empty_strided(x.shape, ref.stride(), dtype=x.dtype, device=x.device)
+    out.copy_(x)
+    return out
 
 
 def _canonical(size: torch.SymInt):
@@ -56,6 +71,8 @@ class RowGraph:
     def __init__(self, gm, d: Discovery, parent: Discovery, make_variants, batched: dict | None = None) -> None:
         index = {p.name: i for i, p in enumerate(parent.placeholders)}
         self.discovery = d
+        # A graph traced here took contiguous inputs; Dynamo's own graph takes the call's layout (it guards on it)
+        self.contiguous = d is not parent
         self._nodes = {n.name: n for n in d.nodes}
         hidden = example(d.placeholders[d.hidden]) if d.hidden is not None else None
         if not isinstance(hidden, torch.Tensor) or not isinstance(hidden.shape[0], torch.SymInt):
@@ -106,8 +123,10 @@ class RowGraph:
         for entry in self.plan:
             if entry[0] == "arg":
                 a = args[entry[1]]
-                if entry[2]:  # traced contiguous (a pipeline's `t.expand(B)` is not): compiled code assumes so
-                    a = rows_of(a, index) if index is not None else a.contiguous()
+                if entry[2] and index is not None:
+                    a = rows_of(a, index)
+                if entry[2] and self.contiguous:  # traced on contiguous inputs: compiled code assumes so
+                    a = a.contiguous()
                 out.append(a)
             else:
                 out.append(None)

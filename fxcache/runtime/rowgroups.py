@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..plan import Plan
-from .rowgraph import rows_of
+from .rowgraph import like, rows_of
 
 ROWS = "rows"  # the key under which a run leaves its per-row distances in `measured` (runtime._run)
 
@@ -44,8 +44,8 @@ class _Merged:
             if any(not p for p in per):
                 return default
             depth = min(len(p) for p in per)
-            hit = self._memo[site] = [tuple(torch.cat([p[s][j] for p in per]) for j in range(len(per[0][s])))
-                                      for s in range(depth)]
+            hit = self._memo[site] = [tuple(like(per[0][s][j], torch.cat([p[s][j] for p in per]))
+                                            for j in range(len(per[0][s]))) for s in range(depth)]
         return hit
 
 

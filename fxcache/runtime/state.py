@@ -80,8 +80,7 @@ class StreamState:
             for o, v in zip(buffers, values):
                 o.copy_(v)
         else:
-            # contiguous: a value read as one request's and as part of a group's (concatenated) has one layout
-            buffers = tuple(v.detach().clone(memory_format=torch.contiguous_format) for v in values)
+            buffers = tuple(v.detach().clone() for v in values)
         slots.insert(0, buffers)
         if finite is None:
             self.pending.pop(site, None)
