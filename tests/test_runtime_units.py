@@ -6,7 +6,8 @@ from fxcache.passes.discover import discover
 from fxcache.passes.nodes import block_of
 from fxcache.passes.specialize import specialize
 from fxcache.plan import FULL, Plan, Site, Stop
-from fxcache.runtime.state import Streams, context
+from fxcache.runtime.context import context
+from fxcache.runtime.state import Streams
 
 from .zoo import ZOO
 
