@@ -161,7 +161,8 @@ def _compile(gm, example_inputs, policy: Policy, engine: dict):
             warnings.warn(f"fxcache: {reason}; compiling it without caching", stacklevel=3)
         _PLAIN_GRAPHS.append({"reason": reason, "nodes": len(gm.graph.nodes), "params": _param_ids(example_inputs)})
         return _publishing_timestep(inner_compile(gm, example_inputs, engine["compiler"]), gm, example_inputs, d)
-    per_sample = engine.pop("per_sample")
+    engine = dict(engine)
+    per_sample = engine.pop("per_sample", False)
     runtime = Runtime(gm, d, policy, **engine)
     source = HalfSource.from_dynamo(gm, d) if not d.groups else None
     if policy.batched_cfg and d.groups:
