@@ -174,7 +174,15 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="3 requests of 4-6 steps, eager, two settings")
     p.add_argument("--soak", type=int, default=0, help="instead: a memory soak over this many requests")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--render", action="store_true", help="only rewrite the table and plot from the JSON")
     args = p.parse_args(argv)
+    if args.render:
+        stem = args.out / ("serve-quick" if args.quick else "serve")
+        data = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(table(data["meta"], data["serving"], data["static"]))
+        plot(data["serving"], data["static"], stem.with_suffix(".png"))
+        print(stem.with_suffix(".md").read_text())
+        return
     if args.quick:
         args.requests, args.steps, args.gap, args.static_steps, args.repeats = 3, [6, 4], 2, 6, 1
         args.compiler = "eager"

@@ -6,8 +6,7 @@ The variant computes the node range [start, stop) of the original graph with:
   copied and what the block reads from it becomes the cached value, so the norms, modulation and gates around it
   still use the current step's inputs;
 - forecast sites: as reused ones, with "the cached value" replaced by `sum_i coeffs[i] * cached value i` (slot 0
-  the newest) and the weights an input of the variant (linear extrapolation, Taylor expansion: the policy
-  chooses the weights);
+  the newest), the weights (the policy's) an input of the variant;
 - written / measured sites: their values (and the plan's metrics of them) become extra outputs;
 - a probe (`plan.stop`): outputs everything a continuation may need; a continuation (`plan.start`): takes the
   probe's values as inputs; a fused plan (`plan.emit_at`, a probe and its guessed continuation) computes to the end
