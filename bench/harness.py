@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from fxcache.backend import _RUNTIMES
+from fxcache.runtime.requests import tables_of
 
 from .fidelity import psnr, rel_l1, ssim
 from .pipeline import generate
@@ -172,7 +173,11 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
             # fxcache's own cache buffers: those of the runtimes its first generation created (fxcache.stats
             # of the shared transformer would also count the other fxcache methods compiled on it).
             if m.provider in ("fxcache", "none"):
-                cache_bytes.append(sum(inst.nbytes() for r in set(_RUNTIMES) - before for inst in r.instances.all())
+                new = set(_RUNTIMES) - before
+                configs = {r.per_sample.config for r in new if r.per_sample is not None}  # per-request states
+                held = sum(sum(t.live().values()) for t in tables_of(list(transformer.parameters()))
+                           if t.config in configs)
+                cache_bytes.append(held + sum(inst.nbytes() for r in new for inst in r.instances.all())
                                    if m.provider == "fxcache" else None)
             warmup.append(time.perf_counter() - t0)
             log(f"  warm-up {m.label} [{m.cfg}]: {warmup[-1]:.1f} s")

@@ -83,7 +83,7 @@ def decisions(model, request=None) -> list:
                   if d.get("request") == request)
 
 
-def batch_and_alone(family: str, name: str, seeds=(1, 2, 3), prompts=(0, 2, 3)):
+def batch_and_alone(family: str, name: str, seeds=(1, 2), prompts=(0, 2)):
     entry = ZOO[family]
     x = latents(entry, list(seeds))
     model = compiled(entry, name)
@@ -109,7 +109,7 @@ def test_batch_equals_alone_wan(name):
     torch.testing.assert_close(out, alone_out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fbcache", "teacache", "taylorseer"])
+@pytest.mark.parametrize("name", ["fbcache", "taylorseer"])
 def test_batch_equals_alone_flux(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

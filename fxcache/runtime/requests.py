@@ -29,6 +29,7 @@ class RequestTable:
 
     def __init__(self, make_streams: Callable[[], Streams], limit: int = LIMIT) -> None:
         self.make_streams, self.limit = make_streams, limit
+        self.config = None  # the policy configuration it holds requests of
         self._by_id: OrderedDict = OrderedDict()
         self._warned = False
 
@@ -95,6 +96,7 @@ def table(key, config, make_streams: Callable[[], Streams]) -> RequestTable:
     t = getattr(local, "table", None)
     if t is None:
         t = local.table = RequestTable(make_streams)
+        t.config = config
         with m.lock:
             m.tables.add(t)
             m.strong.append(t)
