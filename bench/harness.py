@@ -201,8 +201,9 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
                         raise RuntimeError(f"{m.label}: a repeated generation differs from the first")
                     if before is not None:
                         after = m.stats(model)
-                        streams = 2 if m.cfg == "separate" else 1
-                        full[i].append((after.full_steps - before.full_steps) / streams)
+                        # full steps per stream and prompt (per-request decisions count every prompt's steps)
+                        full[i].append(steps * (after.full_steps - before.full_steps)
+                                       / max(after.steps - before.steps, 1))
             log(f"  repeat {rep + 1}/{repeats} done")
     return outputs, times, full, warmup, cache_bytes
 
