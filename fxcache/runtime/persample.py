@@ -47,7 +47,8 @@ def paired(x) -> bool:
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 2 or x.shape[0] % 2:
         return False
     a, b = x.chunk(2)
-    return bool(torch.equal(a, b))
+    # the first rows first: a batch of independent prompts is told apart without reading all of it
+    return bool(torch.equal(a[0], b[0])) and bool(torch.equal(a, b))
 
 
 def request_ids(rt, args) -> tuple | None:
@@ -107,7 +108,8 @@ class PerSample:
     def __init__(self, rowgraphs, config) -> None:
         self.rowgraphs, self.config = rowgraphs, config
 
-    def members(self, ids, batch: int) -> list[Member]:
+    @staticmethod
+    def members(ids) -> list[Member]:
         order: OrderedDict = OrderedDict()
         for r, rid in enumerate(ids):
             order.setdefault(rid, []).append(r)
@@ -126,7 +128,7 @@ class PerSample:
             return None
         key = args[rt.instances.key_index] if rt.instances.key_index is not None else rt
         table = request_tables.table(key, self.config, rt.make_request_streams)
-        members = self.members(ids, batch)
+        members = self.members(ids)
         ts = _row_timesteps(args[d.timestep] if d.timestep is not None else None, batch)
         text = args[d.encoder] if d.encoder is not None else None
         text = text if isinstance(text, torch.Tensor) and text.ndim >= 1 and text.shape[0] == batch else None

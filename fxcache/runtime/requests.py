@@ -65,8 +65,7 @@ class _Model:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.local: dict = {}  # configuration -> threading.local holding that thread's table
-        self.tables: "weakref.WeakSet[RequestTable]" = weakref.WeakSet()
-        self.strong: list[RequestTable] = []  # keeps the tables alive while the model is
+        self.tables: list[RequestTable] = []  # every thread's (alive while the model is)
 
 
 _MODELS: dict[int, tuple] = {}  # id(first parameter) -> (weak reference to it, _Model)
@@ -98,8 +97,7 @@ def table(key, config, make_streams: Callable[[], Streams]) -> RequestTable:
         t = local.table = RequestTable(make_streams)
         t.config = config
         with m.lock:
-            m.tables.add(t)
-            m.strong.append(t)
+            m.tables.append(t)
     return t
 
 

@@ -32,11 +32,17 @@ def batched_inputs(args, user: list[int], batch: int) -> tuple[bool, ...]:
                  for i in user)
 
 
+def row_index(index: torch.Tensor, factor: int = 1) -> torch.Tensor:
+    """Entries along dim 0 of rows `index` of a batch-major tensor holding `factor` entries per row."""
+    if factor == 1:
+        return index
+    return (index[:, None] * factor + torch.arange(factor, device=index.device)).reshape(-1)
+
+
 def rows_of(x: torch.Tensor, index: torch.Tensor, factor: int = 1) -> torch.Tensor:
     """Rows `index` of a batch-major tensor whose dim 0 holds `factor` entries per row, in `x`'s layout (compiled
     variants assert the strides they were compiled for: a probe's value may be a chunk of a wider tensor)."""
-    if factor != 1:
-        index = (index[:, None] * factor + torch.arange(factor, device=index.device)).reshape(-1)
+    index = row_index(index, factor)
     if x.stride(0) == 0:  # an expanded input (`t.expand(B)`): every row is the same
         return x[:1].expand(index.numel(), *x.shape[1:])
     return like(x, x.index_select(0, index.to(x.device)))

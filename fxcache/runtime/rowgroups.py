@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..metrics import EPS
 from ..plan import Plan
-from .rowgraph import like, rows_of
+from .rowgraph import like, row_index, rows_of
 
 ROWS = "rows"  # the key under which a run leaves its per-row distances in `measured` (runtime._run)
 
@@ -112,7 +113,7 @@ def spread(measured: dict, group: list[Member]) -> None:
     got = measured.get(ROWS)
     if got is None:
         return
-    keys, matrix, bad = got
+    keys, matrix = got
     sums = matrix.tolist()  # [keys][2][rows]
     offset = 0
     for m in group:
@@ -120,8 +121,8 @@ def spread(measured: dict, group: list[Member]) -> None:
         for k, key in enumerate(keys):
             a = sum(sums[k][0][offset:offset + n])
             b = sum(sums[k][1][offset:offset + n])
-            v = a / max(b, 1e-12)
-            m.call.measured[key] = v if math.isfinite(v) and not bad else math.nan
+            v = a / max(b, EPS)
+            m.call.measured[key] = v if math.isfinite(v) else math.nan  # NaN: the request computes
         offset += n
 
 
@@ -136,9 +137,6 @@ def scatter(parts: list, batch: int) -> tuple:
         f = first.shape[0] // len(parts[0][0])
         out = first.new_empty((batch * f, *first.shape[1:]))
         for rows, o in parts:
-            index = torch.tensor(rows, device=out.device)
-            if f != 1:
-                index = (index[:, None] * f + torch.arange(f, device=out.device)).reshape(-1)
-            out.index_copy_(0, index, o[i])
+            out.index_copy_(0, row_index(torch.tensor(rows, device=out.device), f), o[i])
         outs.append(out)
     return tuple(outs)

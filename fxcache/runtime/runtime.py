@@ -234,7 +234,7 @@ class Runtime:
             elif kind == "reads":
                 reads = (key[1], r)
         if reads is not None and plan.rows:  # per-row sums: each request's values are made by persample.py
-            measured[ROWS] = (reads[0], reads[1], False)
+            measured[ROWS] = (reads[0], reads[1])
         elif reads is not None:
             self.guard.read(st, reads[0], reads[1], measured, inst)
         self._store(plan, scratch, st, plan.write if store is None else store)
