@@ -51,6 +51,11 @@ class ErrorBudget:
         """This step is computed whatever the error: warm-up, or the last step where that is forced."""
         return call.step <= self.warmup_steps or (self.force_last and call.is_last)
 
+    def can_skip_one(self, s: BudgetState, i: int = 0) -> bool:
+        """`can_skip` for sample `i` alone, in plain Python (the per-call path of a batch that decides as one)."""
+        return (self.threshold > 0 and (self.max_consecutive is None or int(s.consecutive[i]) < self.max_consecutive)
+                and (self.max_cached is None or int(s.cached[i]) < self.max_cached))
+
     def can_skip(self, s: BudgetState) -> np.ndarray:
         """The limits allow one more cached step (the error aside); a threshold of 0 caches nothing."""
         ok = np.full(s.acc.shape, self.threshold > 0)
@@ -62,6 +67,13 @@ class ErrorBudget:
 
     def decide(self, s: BudgetState, error) -> np.ndarray:
         """Whether each sample caches this step, given its error; updates the state. NaN computes."""
+        if s.acc.shape[0] == 1 and isinstance(error, float):  # one sample, one error: the same rule in plain Python
+            acc = float(s.acc[0]) + error if self.accumulate else error
+            skip = acc < self.threshold and self.can_skip_one(s)
+            s.acc = np.array([acc if skip else 0.0])
+            s.consecutive = np.array([int(s.consecutive[0]) + 1 if skip else 0], dtype=np.int64)
+            s.cached = np.array([int(s.cached[0]) + skip], dtype=np.int64)
+            return np.array([skip])
         e = np.broadcast_to(np.asarray(error, dtype=np.float64), s.acc.shape)
         acc = s.acc + e if self.accumulate else e
         skip = (acc < self.threshold) & self.can_skip(s)

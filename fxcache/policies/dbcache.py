@@ -77,7 +77,7 @@ class DBCache(StepForecast, Policy):
         if self.budget.forced(call) or not call.cached(self.middle):
             self.budget.computed(state.budget)
             return self.computed(call, state, self.write_all)
-        skips = bool(self.budget.can_skip(state.budget)[0])
+        skips = self.budget.can_skip_one(state.budget)
         guess = (self._skip(call, state) if skips else self.computed_plan(self.full_continuation))
         return Plan(measure=frozenset({(self.head, REL_L1)}), stop=self.cut, label="probe", then=guess)
 

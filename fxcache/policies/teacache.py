@@ -120,7 +120,7 @@ class TeaCache(StepForecast, Policy):
             if self._skips(call, state, estimate):
                 return self.skipped(call, state, self.forecastable, label="skip")
             return self._computed(call, state)
-        guess = (self._skip(call, state) if self.budget.can_skip(state.budget)[0]
+        guess = (self._skip(call, state) if self.budget.can_skip_one(state.budget)
                  else self.computed_plan(self.full_continuation))
         return Plan(write=frozenset({self.site}), measure=frozenset({(self.site, REL_L1)}), stop=self.stop,
                     label="probe", then=guess)
