@@ -132,5 +132,5 @@ def test_serve_quick_runs(tmp_path):
     modes = [(r["setting"], r["mode"]) for r in result["serving"]]
     assert modes[0] == ("none", "uncached") and ("fbcache 0.1", "request") in modes
     assert all(r["requests_live_after"] == 0 for r in result["serving"])
-    assert {r["batch"] for r in result["static"]} == {1, 2}
+    assert {r["batch"] for r in result["static"]} == {2}
     assert (tmp_path / "serve-quick.png").exists() and (tmp_path / "serve-quick.md").exists()
