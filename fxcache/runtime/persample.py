@@ -51,6 +51,10 @@ def paired(x) -> bool:
     return bool(torch.equal(a[0], b[0])) and bool(torch.equal(a, b))
 
 
+def _rows(x: torch.Tensor, index):
+    return x[index] if isinstance(index, slice) else rows_of(x, index)
+
+
 def request_ids(rt, args) -> tuple | None:
     """The request of each batch row (the caller's `fxcache.context(requests=...)`, else one per row of a batch
     of independent samples), or None: the whole batch is one request."""
@@ -138,14 +142,14 @@ class PerSample:
             if any(ts[r] != t for r in m.rows):
                 raise ValueError(f"fxcache: the rows of request {m.rid!r} have different timesteps; one request's "
                                  f"rows (e.g. its uncond and cond) must be at the same step")
-            index = torch.tensor(m.rows)
+            lo, hi = m.rows[0], m.rows[-1] + 1  # consecutive rows (one row, or a prompt's pair): a view, no copy
+            index = slice(lo, hi) if hi - lo == len(m.rows) else torch.tensor(m.rows)
             shapes = tuple((len(m.rows), *args[i].shape[1:]) if args[i].ndim >= 1 and args[i].shape[0] == batch
                            else tuple(args[i].shape) for i in user if isinstance(args[i], torch.Tensor))
             m.streams = table.of(m.rid)
             _same_resolution(m, t, shapes)
             before = m.streams.generation
-            m.st = m.streams.resolve_at(t, rows_of(x, index), None if text is None else rows_of(text, index),
-                                        shapes)
+            m.st = m.streams.resolve_at(t, _rows(x, index), None if text is None else _rows(text, index), shapes)
             m.new_generation = m.streams.generation != before
             m.call = make_call(m.st, m.streams, policy, rt.num_steps)
             m.plan = plan_for(rt, m.call, m.st, inst)
