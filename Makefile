@@ -17,8 +17,9 @@ demo: $(STAMP)
 	$(PY) -m bench.demo
 
 # Two workers: CI has two cores and every test runs single-threaded (tests/conftest.py); one file per worker.
+# The 15 slowest tests are listed at the end (CI time is budgeted).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 overhead: $(STAMP)
 	$(PY) -m bench.overhead

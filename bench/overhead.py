@@ -105,10 +105,18 @@ def ideal_skipped_backend(compiler: str):
     return backend
 
 
-def methods_for(model, compiler: str) -> dict:
+def methods_for(model, compiler: str, batch: int = 1) -> dict:
     import fxcache
 
     plain = "eager" if compiler == "eager" else "inductor"
+    # A batch of different latents decides per row (option per_sample, the default); the same steps decided for
+    # the whole batch show what that costs.
+    whole = {} if batch < 2 else {
+        "fxcache full step (whole batch)": torch.compile(model, fullgraph=True, backend=fxcache.backend(
+            policy="fbcache", threshold=1e-12, compiler=compiler, per_sample=False)),
+        "fxcache skipped step (whole batch)": torch.compile(model, fullgraph=True, backend=fxcache.backend(
+            policy="fbcache", threshold=1e9, compiler=compiler, per_sample=False)),
+    }
     return {
         "eager": model,
         "inductor": torch.compile(model, fullgraph=True, backend=plain),
@@ -119,6 +127,7 @@ def methods_for(model, compiler: str) -> dict:
             policy="fbcache", threshold=0.0, compiler=compiler)),
         "fxcache skipped step": torch.compile(model, fullgraph=True, backend=fxcache.backend(
             policy="fbcache", threshold=1e9, compiler=compiler)),
+        **whole,
         "ideal skipped step": torch.compile(model, fullgraph=True, backend=ideal_skipped_backend(compiler)),
     }
 
@@ -126,6 +135,9 @@ def methods_for(model, compiler: str) -> dict:
 # The rows each target compares (docs/results.md, "Engine overhead"): (row, baseline row, bound), the tiny model's.
 TARGETS = [("fxcache none", "inductor", 1.05), ("fxcache full step", "inductor", 1.10),
            ("fxcache skipped step", "ideal skipped step", 1.10)]
+# With a batch: per-request decisions against the same steps decided for the whole batch (no target).
+PER_REQUEST = [("fxcache full step", "fxcache full step (whole batch)"),
+               ("fxcache skipped step", "fxcache skipped step (whole batch)")]
 
 
 def main(argv=None) -> dict:
@@ -152,7 +164,7 @@ def main(argv=None) -> dict:
     torch._dynamo.reset()  # several compiled versions of one forward below: none left over from earlier runs
     model, x, emb = (build_tiny if tiny else build_reference)(args.batch)
     compiler = "eager" if args.quick else "inductor"
-    methods = methods_for(model, compiler)
+    methods = methods_for(model, compiler, args.batch)
     clock = [999.0]
 
     def run(fn, n):
@@ -186,14 +198,20 @@ def main(argv=None) -> dict:
         targets.append({"row": row, "vs": ref, "bound": bound, "ratio_median": statistics.median(ratios),
                         "ratio_min": min(ratios), "ratio_max": max(ratios),
                         "met": statistics.median(ratios) <= bound})
+    per_request = []
+    for row, ref in [(row, ref) for row, ref in PER_REQUEST if ref in times]:
+        ratios = [a / b for a, b in zip(times[row], times[ref])]
+        per_request.append({"row": row, "vs": ref, "ratio_median": statistics.median(ratios),
+                            "ratio_min": min(ratios), "ratio_max": max(ratios)})
     # Every method compiles the same module, so fxcache.stats(module) would add them up: each row's own runtime
-    by_threshold = {r.policy.threshold: r for r in fxcache.runtimes_of(model) if r.policy.name == "fbcache"}
+    by_threshold = {r.policy.threshold: r for r in fxcache.runtimes_of(model)
+                    if r.policy.name == "fbcache" and r.per_sample is not None}  # the default's rows
     skipped, full = fxcache.stats(by_threshold[1e9]), fxcache.stats(by_threshold[1e-12])
     if full.skipped_steps or not full.guesses_wrong:  # the row must be what it says: wrong guesses, no skips
         raise RuntimeError(f"bench.overhead: the realistic full step skipped {full.skipped_steps} steps and "
                            f"guessed wrong {full.guesses_wrong} times")
     result = {"machine": machine(), "model": args.model, "batch": args.batch, "repeats": args.repeats,
-              "calls": args.calls, "compiler": compiler, "rows": rows, "targets": targets,
+              "calls": args.calls, "compiler": compiler, "rows": rows, "targets": targets, "per_request": per_request,
               "skipped_step_blocks": {"computed": skipped.blocks_computed, "skipped": skipped.blocks_skipped},
               "full_step_guesses": {"right": full.guesses_right, "wrong": full.guesses_wrong},
               "date": time.strftime("%Y-%m-%d")}
@@ -206,6 +224,9 @@ def main(argv=None) -> dict:
     for t in targets:
         table.append(f"| {t['row']} / {t['vs']} | {t['ratio_median']:.3f} | {t['ratio_min']:.2f}-"
                      f"{t['ratio_max']:.2f} | <= {t['bound']:.2f} | {'yes' if t['met'] else 'no'} |")
+    for t in per_request:
+        table.append(f"| {t['row']} / {t['vs']} | {t['ratio_median']:.3f} | {t['ratio_min']:.2f}-"
+                     f"{t['ratio_max']:.2f} | - | - |")
     print("\n".join(table))
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)

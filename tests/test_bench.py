@@ -87,8 +87,10 @@ def test_overhead_quick_runs():
     for model in ("reference", "tiny"):
         result = overhead.main(["--quick", "--model", model])
         names = [r["method"] for r in result["rows"]]
+        whole = ["fxcache full step (whole batch)", "fxcache skipped step (whole batch)"] if model == "reference" else []
         assert names == ["eager", "inductor", "fxcache none", "fxcache full step", "fxcache full step (threshold 0)",
-                         "fxcache skipped step", "ideal skipped step"]
+                         "fxcache skipped step", *whole, "ideal skipped step"]
+        assert [t["vs"] for t in result["per_request"]] == whole  # batch 2 (reference): per-request vs whole batch
         assert result["skipped_step_blocks"]["skipped"] > 0
         assert result["full_step_guesses"]["wrong"] > 0  # the realistic full step: a wrong "skip" guess each step
         assert [t["row"] for t in result["targets"]] == ["fxcache none", "fxcache full step", "fxcache skipped step"]
