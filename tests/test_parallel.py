@@ -36,13 +36,10 @@ SPECS = {
         "fastercache": {"policy": "fastercache"},
         "mixcache": {"policy": "mixcache", "theta": 1.0},
     },
-    "flux": {
-        "none": {"policy": "none"},
-        "default": {},
+    "flux": {  # the policies that decide per step (Wan above covers none, the default and schedules; CI time)
         "fbcache": {"policy": "fbcache", "threshold": 0.3},
         "teacache": {"policy": "teacache", "threshold": 0.6},
         "magcache": {"policy": "magcache", "threshold": 0.3, "ratios": "calibrate"},
-        "taylorseer": {"policy": "taylorseer"},
         "fastercache": {"policy": "fastercache"},
         "mixcache": {"policy": "mixcache"},
     },
