@@ -27,10 +27,11 @@ overhead: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.quality
 
-# The reference model's calibration file (TeaCache / MagCache / MixCache / AdaCache constants) and its plot.
+# A reference model's calibration file (TeaCache / MagCache / MixCache / AdaCache constants) and its plot:
+# `make calibration` (Wan), `make calibration MODEL=flux`.
+MODEL ?= wan
 calibration: $(STAMP)
-	$(PY) -m fxcache.profile --target bench.profiling:reference --prompts 4 --seeds 1234 --steps 50 \
-		--guidance 5.0 --out bench/reference/weights/calibration.json
+	$(PY) -c "import sys, bench.profiling as p; sys.argv[1:] = p.profile_args('$(MODEL)'); p.main(sys.argv[1:])"
 
 clean:
 	rm -rf $(VENV) out

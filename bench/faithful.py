@@ -2,6 +2,7 @@
 the reference model.
 
     python -m bench.faithful            # 50 steps, 2 prompts -> bench/results/faithful.{json,md}
+    python -m bench.faithful --model flux   # the Flux model, the peers that support it -> faithful-flux.*
     python -m bench.faithful --quick    # 8 steps, 1 prompt, nothing written (tests)
 
 Both sides run eagerly (fxcache with `compiler="eager"`), so what remains between them is the method, not
@@ -25,11 +26,9 @@ import torch
 
 from .fidelity import psnr
 from .overhead import machine
+from .models import REFERENCES, Reference, reference, rows_of
 from .peers import CACHEDIT, apply_peer, cachedit_settings, cachedit_status, calibrate_peer, cfg_mode, \
     diffusers_settings
-from .pipeline import generate
-from .reference.data import all_prompts
-from .reference.model import load
 
 RESULTS = Path(__file__).parent / "results"
 MODULES = ("attn1", "attn2", "ffn")  # the reference model's (Wan) cached modules per block
@@ -63,13 +62,34 @@ PAIRS = [
 ]
 
 
+# On the Flux model: the step-level methods whose peers support Flux (diffusers' FirstBlockCache and MagCache at
+# its published FLUX.1-dev setting, cache-dit's DBCache).
+PAIRS_FLUX = [
+    ({"policy": "fbcache", "threshold": 0.05}, ("fbcache", "threshold=0.05"), ()),
+    ({"policy": "fbcache", "threshold": 0.2}, ("fbcache", "threshold=0.2"), ()),
+    ({"policy": "magcache", "threshold": 0.24, "max_skips": 5, "retention": 0.1},
+     ("magcache", "E0.24 K5 R0.1 (Flux)"), ()),
+    ({"policy": "dbcache", "Fn": 1, "Bn": 0, "threshold": 0.08, "warmup_steps": 8},
+     ("dbcache", "F1B0 R0.08 W8"), ()),
+    ({"policy": "dbcache", "Fn": 1, "Bn": 0, "threshold": 0.24, "warmup_steps": 8},
+     ("dbcache", "F1B0 R0.24 W8"), ()),
+]
+
+
+def blocks_of(transformer) -> list:
+    """Every repeated block, in call order (Flux: the dual-stream blocks, then the single-stream ones)."""
+    if hasattr(transformer, "blocks"):
+        return list(transformer.blocks)
+    return list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
+
+
 class ComputeLog:
     """Per transformer call: how many blocks ran, and how many of the listed modules inside them ran."""
 
     def __init__(self, transformer, modules) -> None:
         self.calls: list[list[int]] = []  # [blocks run, modules run, block samples, module samples]
         self.handles = [transformer.register_forward_pre_hook(lambda *_: self.calls.append([0, 0, 0, 0]))]
-        for block in transformer.blocks:
+        for block in blocks_of(transformer):
             # Not the block itself: a peer's hook on a block replaces its forward, and the block's own pre-hooks
             # still fire when that forward returns cached values. Its first norm runs only when the block does.
             norm = next(m for n, m in block.named_children() if n.startswith("norm"))
@@ -92,8 +112,8 @@ class ComputeLog:
         return [(bs, ms) if per_branch else (b, m) for b, m, bs, ms in self.calls]
 
 
-def _peer(method: str, setting: str):
-    for p in diffusers_settings() + cachedit_settings():
+def _peer(method: str, setting: str, model: str = "wan"):
+    for p in diffusers_settings(model) + cachedit_settings():
         if (p.method, p.setting) == (method, setting):
             return p
     raise KeyError((method, setting))
@@ -106,14 +126,16 @@ def fxcache_decisions(stats, modules_per_block: int) -> list[tuple[int, int]]:
             for r in stats.decisions]
 
 
-def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, ratios_path: Path,
-             fx_cfg: str | None = None) -> dict:
+def run_pair(transformer, ref: Reference, conditioning, n: int, options, peer, modules, steps: int,
+             ratios_path: Path, fx_cfg: str | None = None) -> dict:
+    """One (fxcache options, peer) pair on `n` prompts of `conditioning`, one generation per prompt."""
     import fxcache
 
     cfg = cfg_mode(peer)
     fx_cfg = fx_cfg or cfg
-    kw = dict(num_inference_steps=steps, guidance_scale=5.0, cfg=cfg)
-    calibration = calibrate_peer(transformer, peer, cond, uncond, num_inference_steps=steps, guidance_scale=5.0)
+    kw = dict(num_inference_steps=steps, guidance_scale=ref.guidance, cfg=cfg)
+    calibration = calibrate_peer(transformer, peer, lambda t, c: ref.generate(t, conditioning, **{**kw, "cfg": c}),
+                                 num_inference_steps=steps)
     options = dict(options)
     if options["policy"] == "magcache":
         # the same ratios on both sides: diffusers' calibration, one list for both streams (as diffusers uses it)
@@ -122,17 +144,17 @@ def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, rati
     record = {"fxcache": options, "peer": peer.name, "cfg": cfg if fx_cfg == cfg else f"{fx_cfg} / {cfg}",
               "clips": []}
     ref_clips, peer_clips, fx_clips, peer_dec, fx_dec = [], [], [], [], []
-    for i in range(cond.shape[0]):
-        c, u = cond[i:i + 1], uncond[i:i + 1]
-        ref_clips.append(generate(transformer, c, u, **kw))
+    for i in range(n):
+        one = rows_of(conditioning, slice(i, i + 1))
+        ref_clips.append(ref.generate(transformer, one, **kw))
         with apply_peer(transformer, peer, num_inference_steps=steps, calibration=calibration):
             log = ComputeLog(transformer, modules)
-            peer_clips.append(generate(transformer, c, u, **kw))
+            peer_clips.append(ref.generate(transformer, one, **kw))
             peer_dec.append(log.close(per_branch=fx_cfg != cfg))
         torch._dynamo.reset()
         compiled = torch.compile(transformer, fullgraph=True,
                                  backend=fxcache.backend(compiler="eager", decision_log=4 * steps, **options))
-        fx_clips.append(generate(compiled, c, u, **{**kw, "cfg": fx_cfg}))
+        fx_clips.append(ref.generate(compiled, one, **{**kw, "cfg": fx_cfg}))
         fx_dec.append(fxcache_decisions(fxcache.stats(compiled), len(modules)))
         torch._dynamo.reset()
     if fx_cfg != cfg:  # two fxcache calls per step against one batched peer call: compare per step
@@ -154,7 +176,7 @@ def run_pair(transformer, cond, uncond, options, peer, modules, steps: int, rati
 def render(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Faithfulness: fxcache vs the peer's implementation (bench/faithful.py)", "",
-             f"Reference model, {result['steps']} steps, {result['prompts']} prompts, both eager; {m['cpu']}, "
+             f"{result.get('model_title', 'reference Wan DiT')}, {result['steps']} steps, {result['prompts']} prompts, both eager; {m['cpu']}, "
              f"{m['cores']} cores, torch {m['torch']}; {result['date']}. PSNR in dB (inf: identical). A decision is "
              "(blocks run, cached modules run) per transformer call.", "",
              "| fxcache | peer | CFG | PSNR fxcache vs peer (worst) | vs uncached: fxcache / peer | decisions identical |"
@@ -176,6 +198,7 @@ def render(result: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=tuple(REFERENCES), default="wan", help="the reference model")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated fxcache policy names to run")
@@ -186,21 +209,29 @@ def main(argv=None) -> dict:
         args.steps, args.prompts = 8, 1
     from tqdm.auto import tqdm
 
-    transformer, encoder = load()
-    prompts = all_prompts()[:: max(1, len(all_prompts()) // args.prompts)][: args.prompts]
-    with torch.no_grad():
-        cond, uncond = encoder.encode(prompts)
+    ref = reference(args.model)
+    transformer, encoder = ref.load()
+    everything = ref.prompts + ref.heldout
+    prompts = everything[:: max(1, len(everything) // args.prompts)][: args.prompts]
+    if args.model == "wan":  # the prompts of the committed Wan results
+        from .reference.data import all_prompts
+
+        prompts = all_prompts()[:: max(1, len(all_prompts()) // args.prompts)][: args.prompts]
+    conditioning = ref.encode(encoder, prompts)
     have_cachedit = cachedit_status() == "ok"
-    pairs = [p for p in PAIRS if (args.only is None or p[0]["policy"] in args.only.split(","))
-             and (have_cachedit or _peer(*p[1]).provider != CACHEDIT)]
-    out = {"machine": machine(), "steps": args.steps, "prompts": args.prompts, "date": time.strftime("%Y-%m-%d"),
-           "cache_dit": cachedit_status(), "pairs": []}
-    ratios = args.out / "faithful_magcache_ratios.json" if not args.quick else Path("/tmp/fxcache_faithful_ratios.json")
+    pairs = [p for p in (PAIRS if args.model == "wan" else PAIRS_FLUX)
+             if (args.only is None or p[0]["policy"] in args.only.split(","))
+             and (have_cachedit or _peer(*p[1], args.model).provider != CACHEDIT)]
+    out = {"machine": machine(), "model": args.model, "model_title": ref.title, "steps": args.steps,
+           "prompts": args.prompts, "date": time.strftime("%Y-%m-%d"), "cache_dit": cachedit_status(), "pairs": []}
+    stem = "faithful" if args.model == "wan" else f"faithful-{args.model}"
+    ratios = (args.out / f"{stem}_magcache_ratios.json" if not args.quick
+              else Path(f"/tmp/fxcache_{stem}_ratios.json"))
     args.out.mkdir(parents=True, exist_ok=True)
     for options, (method, setting), modules, *layout in tqdm(pairs, desc="faithful", unit="pair"):
-        out["pairs"].append(run_pair(transformer, cond, uncond, options, _peer(method, setting), modules,
-                                     args.steps, ratios, *layout))
-    old = args.out / "faithful.json"
+        out["pairs"].append(run_pair(transformer, ref, conditioning, len(prompts), options,
+                                     _peer(method, setting, args.model), modules, args.steps, ratios, *layout))
+    old = args.out / f"{stem}.json"
     if args.only and not args.quick and old.exists():  # a re-run of some policies: keep the others' rows
         only = args.only.split(",")
         kept = [r for r in json.loads(old.read_text())["pairs"] if r["fxcache"]["policy"] not in only]
@@ -208,8 +239,8 @@ def main(argv=None) -> dict:
     table = render(out)
     print(table)
     if not args.quick:
-        (args.out / "faithful.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
-        (args.out / "faithful.md").write_text(table + "\n")
+        (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+        (args.out / f"{stem}.md").write_text(table + "\n")
     return out
 
 

@@ -16,7 +16,7 @@ from fxcache.backend import _RUNTIMES
 from fxcache.runtime.requests import tables_of
 
 from .fidelity import psnr, rel_l1, ssim
-from .pipeline import generate
+from .models import Reference
 
 # Every compiled method is a separate torch.compile of the same module: Dynamo keeps one cache entry per backend
 # on the module's forward, and past its default limit (8) it would silently run the rest eagerly.
@@ -117,12 +117,12 @@ def hook_cache_bytes(model: torch.nn.Module, before: dict[str, set]) -> int | No
     return sum(found.values()) or None
 
 
-def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: int, guidance: float,
-            repeats: int, log=print) -> tuple[list, list, list, list, list]:
+def measure(methods: list[Method], transformer, ref: Reference, conditioning, *, seeds, steps: int,
+            guidance: float, repeats: int, log=print) -> tuple[list, list, list, list, list]:
     """Warm every method up over all seeds (its first generation compiles: `warmup` s, reported apart; these
     clips give the fidelity numbers), then time `repeats` rounds of one generation (seed seeds[0]) per method,
-    interleaved so that machine noise hits all alike. Returns (outputs, times, full_steps, warmup, cache_bytes)
-    per method."""
+    interleaved so that machine noise hits all alike. `ref` is the reference model (bench/models.py) and
+    `conditioning` its encoded prompts. Returns (outputs, times, full_steps, warmup, cache_bytes) per method."""
     contexts = contextlib.ExitStack()
     outputs: list[dict] = []
     warmup: list[float] = []
@@ -131,7 +131,7 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
     attributes = module_attributes(transformer)
     times = [[] for _ in methods]
     full = [[] for _ in methods]
-    probe_module = transformer.blocks[-1].attn1.to_q
+    probe_module = ref.probe(transformer)
     computed = [0]  # peers: calls in which the last block's self-attention ran (hooked only around them)
 
     def count(*_):
@@ -150,8 +150,8 @@ def measure(methods: list[Method], transformer, cond, uncond, *, seeds, steps: i
                     yield model
 
         def gen(model, m, seed):
-            return generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
-                            seed=seed, cfg=m.cfg)
+            return ref.generate(model, conditioning, num_inference_steps=steps, guidance_scale=guidance,
+                                seed=seed, cfg=m.cfg)
 
         for i, m in enumerate(methods):  # warm-up: compiles, and gives every clip for the fidelity numbers
             t0 = time.perf_counter()
@@ -220,7 +220,7 @@ def rows(methods, outputs, times, full, warmup, baselines, compiler: str, steps:
         compiled = compiler != "eager" and (m.provider == "fxcache" or (m.provider == "none" and m.setting != "eager"))
         # Peers compile regionally (`counted`) on their own; they are measured against uncached eager, as users
         # of their eager form would compare them.
-        mode = "compiled" if compiled else "regional" if m.counted else "eager"
+        mode = "compiled" if compiled else "regional" if m.counted and "compile" in m.setting else "eager"
         key = next((b.provider, b.setting, b.cfg) for b in baselines
                    if b.cfg == m.cfg and (b.setting == "eager") == (mode != "compiled"))
         clips = [(a, b) for s in seeds for a, b in zip(outputs[i][s], ref[s])]
@@ -309,7 +309,7 @@ def plot_pareto(rows: list[dict], path, title: str) -> None:
     plt.close(fig)
 
 
-def frontier_table(rows: list[dict], floors=((30.0, None), (35.0, None), (32.0, 25.0))) -> str:
+def frontier_table(rows: list[dict], floors=((30.0, None), (35.0, None), (32.0, 25.0), (35.0, 30.0))) -> str:
     """For each fidelity floor (mean PSNR, and optionally the worst clip's) and provider, the fastest method at
     or above it: where each provider stands on the speed/fidelity frontier."""
     lines = ["| fidelity floor | provider | fastest method above it | speedup (own baseline) [min-max] "

@@ -92,8 +92,11 @@ def _c(method: str, setting: str, cache_config: dict, calibrator_config: dict | 
     return PeerSetting(CACHEDIT, method, setting, {"cache_config": cache_config, "calibrator_config": calibrator_config})
 
 
-def diffusers_settings() -> list[PeerSetting]:
-    """Per method: diffusers' (or the method's published) default first, then more conservative / aggressive."""
+def diffusers_settings(model: str = "wan") -> list[PeerSetting]:
+    """Per method: diffusers' (or the method's published) default first, then more conservative / aggressive.
+    `model`: the reference model ("wan" or "flux", bench/models.py) the settings are for."""
+    if model == "flux":
+        return _diffusers_flux_settings()
     fmt = "BCFHW"  # generate's latents are (B, C, F, H, W)
     return [
         # FasterCache. Default: the diffusers docs example (docs/source/en/optimization/cache.md, CogVideoX),
@@ -138,6 +141,25 @@ def diffusers_settings() -> list[PeerSetting]:
     ]
 
 
+def _diffusers_flux_settings() -> list[PeerSetting]:
+    """On the Flux reference model: FirstBlockCache (its default 0.05; 0.1; 0.2), MagCache at MagCacheConfig's
+    defaults and at MagCache's published FLUX.1-dev setting (Zehong-Ma/MagCache, MagCache4FLUX/README.md:
+    E0.24 K5 R0.1, 2.8x on FLUX.1-dev), TaylorSeer at TaylorSeerCacheConfig's defaults with its default module
+    patterns (they match Flux's `transformer_blocks.N.attn` and `single_transformer_blocks.N.attn`), the
+    diffusers docs' Flux example. FasterCache and PAB are left out: their hooks assume a video layout."""
+    return [
+        _d("fbcache", "threshold=0.05", threshold=0.05),
+        _d("fbcache", "threshold=0.1", threshold=0.1),
+        _d("fbcache", "threshold=0.2", threshold=0.2),
+        _d("magcache", "E0.06 K3 R0.2", threshold=0.06, max_skip_steps=3, retention_ratio=0.2),
+        _d("magcache", "E0.24 K5 R0.1 (Flux)", threshold=0.24, max_skip_steps=5, retention_ratio=0.1),
+        _d("taylorseer", "interval=5 order=1", cache_interval=5, disable_cache_before_step=3, max_order=1,
+           taylor_factors_dtype=torch.float32),
+        _d("taylorseer", "interval=3 order=1", cache_interval=3, disable_cache_before_step=3, max_order=1,
+           taylor_factors_dtype=torch.float32),
+    ]
+
+
 def cachedit_settings() -> list[PeerSetting]:
     """DBCache: DBCacheConfig's defaults (R0.08, W8) except Fn: its default F8 is more blocks than this model
     has (6), so F1B0, the configuration cache-dit's examples and integrations (vLLM-Omni, SGLang) use; then
@@ -159,9 +181,9 @@ def cachedit_settings() -> list[PeerSetting]:
     ]
 
 
-def peer_settings() -> list[PeerSetting]:
+def peer_settings(model: str = "wan") -> list[PeerSetting]:
     """Every peer setting; the cache-dit ones only when `cachedit_status() == "ok"`."""
-    out = diffusers_settings()
+    out = diffusers_settings(model)
     if cachedit_status() == "ok":
         out += cachedit_settings()
     return out
@@ -381,22 +403,25 @@ def apply_peer(transformer, peer: PeerSetting, *, num_inference_steps: int, cali
 REGIONAL_SETTINGS = (("fbcache", "threshold=0.05"), ("fbcache", "threshold=0.1"), ("fbcache", "threshold=0.2"),
                      ("magcache", "E0.06 K3 R0.2"), ("magcache", "E0.12 K4 R0.2"), ("magcache", "E0.24 K6 R0.2"),
                      ("taylorseer", "interval=5 order=1"), ("taylorseer", "interval=3 order=1"),
-                     ("pab", "spatial=2 cross=6"), ("fastercache", "docs: attn<681 uncond<781 w=0.3"))
+                     ("pab", "spatial=2 cross=6"), ("fastercache", "docs: attn<681 uncond<781 w=0.3"),
+                     ("magcache", "E0.24 K5 R0.1 (Flux)"))
 REGIONAL = " + compile_repeated_blocks"
 
 
 @contextlib.contextmanager
 def apply_peer_regional(transformer, peer: PeerSetting, *, num_inference_steps: int,
-                        calibration: dict | None = None, counter=None):
+                        calibration: dict | None = None, counter=None, probe=None):
     """`peer` on a copy of `transformer`, whose repeated blocks are then compiled
     (`compile_repeated_blocks(fullgraph=False)`). The copy is the peer's own for as long as the `with` block
     lasts: Dynamo guards on the hooks, so hooks entered and left around each generation would recompile each
-    time. `counter(module, args)`, if given, becomes a forward pre-hook of the last block's self-attention
-    query projection, registered before compiling so that it does not invalidate the compiled code."""
+    time. `counter(module, args)`, if given, becomes a forward pre-hook of `probe(copy)` (default: the last Wan
+    block's self-attention query projection), registered before compiling so that it does not invalidate the
+    compiled code."""
     import copy
 
     own = copy.deepcopy(transformer)
-    handle = own.blocks[-1].attn1.to_q.register_forward_pre_hook(counter) if counter is not None else None
+    probe = probe or (lambda t: t.blocks[-1].attn1.to_q)
+    handle = probe(own).register_forward_pre_hook(counter) if counter is not None else None
     with apply_peer(own, peer, num_inference_steps=num_inference_steps, calibration=calibration):
         own.compile_repeated_blocks(fullgraph=False)
         yield own
@@ -404,22 +429,36 @@ def apply_peer_regional(transformer, peer: PeerSetting, *, num_inference_steps: 
         handle.remove()
 
 
-def calibrate_peer(transformer, peer: PeerSetting, prompt_embeds, negative_prompt_embeds, *,
-                   num_inference_steps: int, guidance_scale: float) -> dict | None:
+@contextlib.contextmanager
+def apply_peer_own(transformer, peer: PeerSetting, *, num_inference_steps: int, calibration: dict | None = None,
+                   counter=None, probe=None):
+    """`peer` on its own copy of `transformer` for the whole `with` block (no compilation). cache-dit runs this
+    way: on a Flux transformer it leaves state behind after `disable_cache` that breaks diffusers'
+    FirstBlockCache enabled on the same module later (its tail block finds no head output), so it must not share
+    the transformer with the diffusers peers. `counter` and `probe` as in `apply_peer_regional`."""
+    import copy
+
+    own = copy.deepcopy(transformer)
+    probe = probe or (lambda t: t.blocks[-1].attn1.to_q)
+    handle = probe(own).register_forward_pre_hook(counter) if counter is not None else None
+    with apply_peer(own, peer, num_inference_steps=num_inference_steps, calibration=calibration):
+        yield own
+    if handle is not None:
+        handle.remove()
+
+
+def calibrate_peer(transformer, peer: PeerSetting, generate_one, *, num_inference_steps: int) -> dict | None:
     """MagCache: diffusers' own calibration run (`MagCacheConfig(calibrate=True)`, an uncached run that prints
     the ratios gamma_k = mean over tokens of ||r_k|| / ||r_{k-1}||, r = residual of the whole block stack, one
     array per cache context). diffusers takes one array for both streams; its docs say to use the first,
     the conditional one: that is `mag_ratios`; the unconditional one is returned as `mag_ratios_uncond`.
-    Other peers: None."""
+    `generate_one(transformer, cfg)` runs the calibration generation in the given CFG layout. Other peers: None."""
     if peer.method != "magcache":
         return None
-    from bench.pipeline import generate
-
     calib = PeerSetting(DIFFUSERS, "magcache-calibrate", "calibrate", {})
     buf = io.StringIO()
     with apply_peer(transformer, calib, num_inference_steps=num_inference_steps), contextlib.redirect_stdout(buf):
-        generate(transformer, prompt_embeds, negative_prompt_embeds, num_inference_steps=num_inference_steps,
-                 guidance_scale=guidance_scale, cfg=cfg_mode(peer))
+        generate_one(transformer, cfg_mode(peer))
     arrays = []
     for line in buf.getvalue().splitlines():
         line = line.strip()

@@ -1,8 +1,10 @@
-"""The reference model as a `python -m fxcache.profile` target, and the calibration prompts and seed (prompts the
-benchmark does not use).
+"""The reference models as `python -m fxcache.profile` targets, and their calibration prompts and seed (prompts
+the benchmark does not use; `bench/models.py`).
 
     python -m fxcache.profile --target bench.profiling:reference --prompts 4 --seeds 1234 --steps 50 \\
-        --out bench/reference/weights/calibration.json
+        --guidance 5.0 --out bench/reference/weights/calibration.json
+    python -m fxcache.profile --target bench.profiling:reference_flux --prompts 4 --seeds 1234 --steps 50 \\
+        --guidance 4.0 --out bench/reference/weights-flux/calibration.json
 """
 
 from __future__ import annotations
@@ -10,27 +12,41 @@ from __future__ import annotations
 from fxcache.profile import Target
 from fxcache.profile.__main__ import main
 
-from .pipeline import generate
-from .reference.data import all_prompts
-from .reference.model import WEIGHTS, load
+from .models import REFERENCES
 
-CALIBRATION = WEIGHTS / "calibration.json"  # what every fxcache policy of the benchmark reads (options "calibration")
-CALIBRATION_PROMPTS = all_prompts()[2::7]  # the benchmark uses all_prompts()[::6]
+CALIBRATION = REFERENCES["wan"].calibration  # what every fxcache policy of the benchmark reads ("calibration")
+CALIBRATION_PROMPTS = list(REFERENCES["wan"].calibration_prompts)  # the benchmark uses all_prompts()[::6]
 CALIBRATION_SEED = 1234
-PROFILE_ARGS = ["--target", "bench.profiling:reference", "--prompts", "4", "--seeds", str(CALIBRATION_SEED),
-                "--steps", "50", "--guidance", "5.0", "--out", str(CALIBRATION)]
+TARGETS = {"wan": "bench.profiling:reference", "flux": "bench.profiling:reference_flux"}
+
+
+def profile_args(model: str = "wan", steps: int = 50) -> list[str]:
+    ref = REFERENCES[model]
+    # the first 4 calibration prompts (the committed Wan calibration was profiled on 4 of its 7)
+    return ["--target", TARGETS[model], "--prompts", str(min(4, len(ref.calibration_prompts))), "--seeds",
+            str(CALIBRATION_SEED), "--steps", str(steps), "--guidance", str(ref.guidance), "--out",
+            str(ref.calibration)]
+
+
+PROFILE_ARGS = profile_args()
+
+
+def _target(model: str, cfg: str) -> Target:
+    """A reference transformer and one generation of calibration prompt `prompt`."""
+    ref = REFERENCES[model]
+    transformer, encoder = ref.load()
+    prompts = ref.calibration_prompts
+
+    def generate_one(t, prompt: int, seed: int, steps: int, guidance: float):
+        return ref.generate(t, ref.encode(encoder, [prompts[prompt]]), num_inference_steps=steps,
+                            guidance_scale=guidance, seed=seed, cfg=cfg)
+
+    return Target(transformer, generate_one, cfg=cfg, prompts=len(prompts), name=TARGETS[model])
 
 
 def reference(cfg: str = "separate") -> Target:
-    """The reference transformer and one generation of calibration prompt `prompt` (bench.pipeline.generate)."""
-    model, encoder = load()
-
-    def generate_one(transformer, prompt: int, seed: int, steps: int, guidance: float):
-        cond, uncond = encoder.encode([CALIBRATION_PROMPTS[prompt]])
-        return generate(transformer, cond, uncond, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                        cfg=cfg)
-
-    return Target(model, generate_one, cfg=cfg, prompts=len(CALIBRATION_PROMPTS), name="bench.profiling:reference")
+    """The Wan reference model (bench.pipeline.generate: WanPipeline, or the batched-CFG loop)."""
+    return _target("wan", cfg)
 
 
 def reference_batched() -> Target:
@@ -38,8 +54,11 @@ def reference_batched() -> Target:
     return reference("batched")
 
 
-def calibrate(steps: int = 50) -> None:
-    """Write the committed calibration (the command line in PROFILE_ARGS) when it is missing."""
-    args = list(PROFILE_ARGS)
-    args[args.index("--steps") + 1] = str(steps)
-    main(args)
+def reference_flux(cfg: str = "separate") -> Target:
+    """The Flux reference model (bench.pipeline_flux.generate_images: FluxPipeline with true CFG)."""
+    return _target("flux", cfg)
+
+
+def calibrate(steps: int = 50, model: str = "wan") -> None:
+    """Write a reference model's committed calibration (`profile_args`) when it is missing."""
+    main(profile_args(model, steps))

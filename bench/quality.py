@@ -1,6 +1,7 @@
 """Speed and fidelity of every caching method on the trained reference model, side by side in one run.
 
     python -m bench.quality            # 50 steps, 8 prompts x 2 seeds, 3 timed repeats -> bench/results/quality.*
+    python -m bench.quality --model flux   # the Flux image model -> bench/results/quality-flux.*
     python -m bench.quality --quick    # CI-sized subset (< 3 min): checks the pipeline end to end, not the numbers
 
 Methods: fxcache's policies at three settings each (Inductor, warm: the first generation compiles and is reported
@@ -23,21 +24,51 @@ from pathlib import Path
 
 import torch
 
-from .profiling import CALIBRATION, CALIBRATION_PROMPTS
 from .harness import (Method, default_method, frontier_table, fxcache_method, markdown_table, measure, plot_pareto, rows,
                       uncached_method)
+from .models import REFERENCES, Reference, reference
 from .overhead import machine
-from .pipeline import generate
-from .reference.data import all_prompts
-from .reference.judge import score
-from .reference.model import load
 
 RESULTS = Path(__file__).parent / "results"
-PROMPTS = all_prompts()[::6]  # 8 prompts: every shape, color and direction
+PROMPTS = list(REFERENCES["wan"].prompts)  # 8 prompts: every shape, color and direction
+CALIBRATION = REFERENCES["wan"].calibration
 
 
-def fxcache_methods(compiler: str, steps: int = 50) -> list[Method]:
-    calibration = str(CALIBRATION)  # MagCache's ratios from `python -m fxcache.profile` (bench/profiling.py)
+def flux_fxcache_methods(compiler: str, calibration: str) -> list[Method]:
+    """On the Flux model: the default, each probing policy at its published default and around it, with and
+    without a forecast, the calibrated ones with this model's calibration, and the schedule policies at their
+    defaults (a smaller list than Wan's: the settings people run, not every ablation)."""
+    return [
+        default_method(compiler),
+        fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
+        fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1),
+        fxcache_method("fbcache", "threshold=0.2", compiler, threshold=0.2),
+        fxcache_method("fbcache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
+        fxcache_method("teacache", "threshold=0.1", compiler, threshold=0.1),
+        fxcache_method("teacache", "threshold=0.2", compiler, threshold=0.2),
+        fxcache_method("teacache", "threshold=0.1 taylor O1", compiler, threshold=0.1, forecast="taylor"),
+        fxcache_method("teacache", "threshold=0.2 taylor O1", compiler, threshold=0.2, forecast="taylor"),
+        fxcache_method("magcache", "0.06/K3/0.2", compiler, calibration=calibration, threshold=0.06, max_skips=3,
+                       retention=0.2),
+        fxcache_method("magcache", "0.24/K5/0.1 (Flux)", compiler, calibration=calibration, threshold=0.24,
+                       max_skips=5, retention=0.1),
+        fxcache_method("magcache", "0.24/K5/0.1 (Flux) taylor O1", compiler, calibration=calibration,
+                       threshold=0.24, max_skips=5, retention=0.1, forecast="taylor"),
+        fxcache_method("taylorseer", "interval=5 order=1", compiler),
+        fxcache_method("taylorseer", "interval=3 order=1", compiler, interval=3),
+        fxcache_method("fora", "interval=3", compiler),
+        fxcache_method("dbcache", "F1B0 R0.08 W8", compiler, Fn=1, threshold=0.08),
+        fxcache_method("dbcache", "F1B0 R0.24 W8", compiler, Fn=1, threshold=0.24),
+        fxcache_method("dbcache", "F1B0 R0.24 W8 taylor O1", compiler, Fn=1, threshold=0.24, forecast="taylor"),
+        fxcache_method("mixcache", "eff (paper defaults)", compiler),
+        fxcache_method("fastercache", "config defaults: attn<681 uncond<641 w=0.5", compiler),
+    ]
+
+
+def fxcache_methods(compiler: str, steps: int = 50, model: str = "wan") -> list[Method]:
+    calibration = str(REFERENCES[model].calibration)  # from `python -m fxcache.profile` (bench/profiling.py)
+    if model == "flux":
+        return flux_fxcache_methods(compiler, calibration)
     m = [
         default_method(compiler),  # no policy named: fxcache.DEFAULT_POLICY with fxcache.DEFAULT_OPTIONS
         fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
@@ -125,35 +156,44 @@ def fxcache_methods(compiler: str, steps: int = 50) -> list[Method]:
     return m + [batched, batched_faster] + blocks + mix + [batched_mix]
 
 
-def peer_methods(transformer, steps: int, guidance: float, quick: bool) -> list[Method]:
-    from .peers import (REGIONAL, REGIONAL_SETTINGS, apply_peer, apply_peer_regional, calibrate_peer, cfg_mode,
-                        peer_settings)
+def peer_methods(transformer, steps: int, guidance: float, quick: bool, ref: Reference) -> list[Method]:
+    from .peers import (CACHEDIT, REGIONAL, REGIONAL_SETTINGS, apply_peer, apply_peer_own, apply_peer_regional,
+                        calibrate_peer, cfg_mode, peer_settings)
 
     out = []
-    cond, uncond = None, None
     calibrations: dict = {}
-    settings = peer_settings()
+    settings = peer_settings(ref.name)
     if quick:  # one of each provider
         settings = [next(p for p in settings if p.provider == prov) for prov in ("diffusers", "cache-dit")
                     if any(p.provider == prov for p in settings)]
     for peer in settings:
         if peer.method == "magcache" and "magcache" not in calibrations:
-            if cond is None:
-                _, encoder = load()
-                cond, uncond = encoder.encode(CALIBRATION_PROMPTS)
-            calibrations["magcache"] = calibrate_peer(transformer, peer, cond, uncond, num_inference_steps=steps,
-                                                      guidance_scale=guidance)
+            conditioning = ref.encode(ref.load()[1], ref.calibration_prompts)  # the prompts fxcache calibrates on
+
+            def generate_one(t, cfg, conditioning=conditioning):
+                return ref.generate(t, conditioning, num_inference_steps=steps, guidance_scale=guidance, cfg=cfg)
+
+            calibrations["magcache"] = calibrate_peer(transformer, peer, generate_one, num_inference_steps=steps)
 
         def enter(t, peer=peer):
             return _yielding(apply_peer(t, peer, num_inference_steps=steps,
                                         calibration=calibrations.get(peer.method)), t)
 
-        out.append(Method(peer.method, peer.provider, peer.setting, enter, cfg=cfg_mode(peer), persistent=False))
+        def enter_own(t, counter, peer=peer):  # cache-dit: on its own copy (see apply_peer_own)
+            return apply_peer_own(t, peer, num_inference_steps=steps, counter=counter, probe=ref.probe)
+
+        if peer.provider == CACHEDIT:
+            out.append(Method(peer.method, peer.provider, peer.setting, enter_own, cfg=cfg_mode(peer),
+                              counted=True))
+        else:
+            out.append(Method(peer.method, peer.provider, peer.setting, enter, cfg=cfg_mode(peer),
+                              persistent=False))
         if (peer.method, peer.setting) in REGIONAL_SETTINGS and peer.provider == "diffusers" and not quick:
 
             def enter_regional(t, counter, peer=peer):
                 return apply_peer_regional(t, peer, num_inference_steps=steps,
-                                           calibration=calibrations.get(peer.method), counter=counter)
+                                           calibration=calibrations.get(peer.method), counter=counter,
+                                           probe=ref.probe)
 
             out.append(Method(peer.method, peer.provider, peer.setting + REGIONAL, enter_regional,
                               cfg=cfg_mode(peer), counted=True))
@@ -168,12 +208,10 @@ def _yielding(ctx, transformer):
 
 
 def run(args) -> list[dict]:
-    transformer, encoder = load()
-    cond, uncond = encoder.encode(PROMPTS)
-    prompts = PROMPTS
-    if args.quick:
-        prompts = PROMPTS[:2]
-        cond, uncond = cond[:2], uncond[:2]
+    ref = reference(args.model)
+    transformer, encoder = ref.load()
+    prompts = list(ref.prompts[:2] if args.quick else ref.prompts)
+    conditioning = ref.encode(encoder, prompts)
     compiler = "eager" if args.quick else args.compiler
     baselines = []  # uncached, in each execution mode and CFG layout; the first is the fidelity reference
     for mode in ("eager",) + ((compiler,) if compiler != "eager" else ()):
@@ -181,46 +219,50 @@ def run(args) -> list[dict]:
             b = uncached_method(mode)
             b.cfg = cfg
             baselines.append(b)
-    methods = baselines + (fxcache_methods(compiler, args.steps) if not args.quick else
+    methods = baselines + (fxcache_methods(compiler, args.steps, args.model) if not args.quick else
                            [fxcache_method("fbcache", "threshold=0.1", compiler, threshold=0.1)])
     if args.only:  # a subset: these fxcache methods (and peers of these names), with their own baselines
         names = set(args.only.split(","))
         methods = baselines + [m for m in methods[len(baselines):] if m.name in names]
-        methods += [m for m in peer_methods(transformer, args.steps, args.guidance, args.quick) if m.name in names]
+        methods += [m for m in peer_methods(transformer, args.steps, args.guidance, args.quick, ref)
+                    if m.name in names]
         if args.match:
             methods = baselines + [m for m in methods[len(baselines):] if re.search(args.match, m.label)]
     else:
-        methods += peer_methods(transformer, args.steps, args.guidance, args.quick)
-    if not CALIBRATION.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
+        methods += peer_methods(transformer, args.steps, args.guidance, args.quick, ref)
+    if not ref.calibration.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
         from .profiling import calibrate
 
-        calibrate()
+        calibrate(model=args.model)
 
     print_ = print if not args.quiet else (lambda *_: None)
     print_(f"{len(methods)} methods, {len(prompts)} prompts x {len(args.seeds)} seeds, {args.steps} steps, "
         f"{args.repeats} timed repeats (seed {args.seeds[0]}), {torch.get_num_threads()} threads")
     log = print if not args.quiet else (lambda *_: None)
-    outputs, times, full, warmup, cache_bytes = measure(methods, transformer, cond, uncond, seeds=args.seeds, steps=args.steps,
-                                           guidance=args.guidance, repeats=args.repeats, log=log)
+    outputs, times, full, warmup, cache_bytes = measure(methods, transformer, ref, conditioning, seeds=args.seeds,
+                                                        steps=args.steps, guidance=args.guidance,
+                                                        repeats=args.repeats, log=log)
     return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds, cache_bytes)
 
 
 def report_markdown(meta: dict, records: list[dict]) -> str:
     """quality.md: the setting, each provider's place on the frontier, then every method."""
     m, n = meta["machine"], len(meta["prompts"])
-    return (f"# Speed and fidelity on the reference model (`{meta['command']}`)\n\n"
+    return (f"# Speed and fidelity on the {meta['model_title']} (`{meta['command']}`)\n\n"
             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, no GPU; torch {m['torch']}; "
             f"{meta['date']}. {meta['steps']} steps, CFG {meta['guidance']}, {n} prompts x {len(meta['seeds'])} "
             f"seeds; times are whole generations of the {n} prompts (seed {meta['timed_seed']}), median [min-max] of "
-            f"{meta['repeats']} interleaved repeats. Speedup: fxcache vs uncached torch.compile, peers vs uncached "
+            f"{meta['repeats']} interleaved repeats ({meta['pipeline']}). Speedup: fxcache vs uncached torch.compile, peers vs uncached "
             f"eager, same CFG layout. Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
             f"{frontier_table(records)}\n\n{markdown_table(records)}\n")
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=tuple(REFERENCES), default="wan",
+                    help="the reference model: the Wan video DiT or the Flux image DiT (bench/models.py)")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's, wan 5, flux 4)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compiler", choices=("inductor", "eager"), default="inductor",
@@ -236,33 +278,37 @@ def main(argv=None) -> list[dict]:
                     help="with --only: keep only the methods whose label ('provider:method (setting)') matches "
                          "this regular expression")
     args = ap.parse_args(argv)
+    ref = reference(args.model)
+    args.guidance = args.guidance or ref.guidance
     if args.quick:
         args.steps, args.seeds, args.repeats = 6, [0], 1
     out = args.out or (Path("out/quality-quick") if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     records = run(args)
-    transformer, encoder = load()
+    transformer, encoder = ref.load()
     judged = None
     if not args.quick:
-        cond, uncond = encoder.encode(PROMPTS)
-        clips = generate(transformer, cond, uncond, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                         seed=args.seeds[0])
-        judged = {k: v for k, v in score(clips, PROMPTS).items() if k != "verdicts"}
+        clips = ref.generate(transformer, ref.encode(encoder, ref.prompts), num_inference_steps=args.steps,
+                             guidance_scale=args.guidance, seed=args.seeds[0])
+        judged = {k: v for k, v in ref.score(clips, list(ref.prompts)).items() if k != "verdicts"}
     from .peers import cachedit_status
 
     meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-            "guidance": args.guidance, "prompts": [str(p) for p in (PROMPTS[:2] if args.quick else PROMPTS)],
+            "guidance": args.guidance, "model": args.model, "model_title": ref.title, "pipeline": ref.pipeline,
+            "prompts": [str(p) for p in (ref.prompts[:2] if args.quick else ref.prompts)],
             "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
-            "command": "python -m bench.quality" + (" --quick" if args.quick else "")}
-    stem = "quality" if not args.only else f"quality-{args.name}"
+            "command": "python -m bench.quality" + (" --quick" if args.quick else "")
+                       + (f" --model {args.model}" if args.model != "wan" else "")}
+    suffix = "" if args.model == "wan" else f"-{args.model}"
+    stem = f"quality{suffix}" if not args.only else f"quality{suffix}-{args.name}"
     meta["command"] += f" --only {args.only}" if args.only else ""
     meta["command"] += f" --match '{args.match}'" if args.match else ""
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     (out / f"{stem}.md").write_text(report_markdown(meta, records))
-    plot_pareto(records, out / ("pareto.png" if not args.only else f"pareto-{args.name}.png"),
-                f"reference Wan DiT, {args.steps} steps: speedup vs fidelity")
+    plot_pareto(records, out / (f"pareto{suffix}.png" if not args.only else f"pareto{suffix}-{args.name}.png"),
+                f"{ref.title}, {args.steps} steps: speedup vs fidelity")
     print(frontier_table(records) + "\n\n" + markdown_table(records))
     print(f"wrote {out}/{stem}.json, {stem}.md and the plot in {time.time() - t0:.0f} s")
     return records

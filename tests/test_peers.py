@@ -40,9 +40,13 @@ def ref():
     base = {mode: generate(transformer, pe, ne, num_inference_steps=STEPS, cfg=mode) for mode in ("separate", "batched")}
     full = {"separate": 2 * STEPS, "batched": STEPS}
     magcache = next(p for p in peers.diffusers_settings() if p.method == "magcache")
-    calib = peers.calibrate_peer(transformer, magcache, pe, ne, num_inference_steps=STEPS, guidance_scale=5.0)
+    calib = peers.calibrate_peer(transformer, magcache, _one(pe, ne), num_inference_steps=STEPS)
     yield dict(transformer=transformer, pe=pe, ne=ne, counter=counter, base=base, full=full, calib=calib)
     handle.remove()
+
+
+def _one(pe, ne):
+    return lambda t, cfg: generate(t, pe, ne, num_inference_steps=STEPS, guidance_scale=5.0, cfg=cfg)
 
 
 def _run(r, peer, mode):
@@ -115,8 +119,7 @@ def test_magcache_calibration(ref):
     assert len(calib["mag_ratios"]) == STEPS and len(calib["mag_ratios_uncond"]) == STEPS
     assert calib["mag_ratios"][0] == 1.0 and all(0.2 < x < 5.0 for x in calib["mag_ratios"])
     fb = next(p for p in peers.diffusers_settings() if p.method == "fbcache")
-    assert peers.calibrate_peer(ref["transformer"], fb, ref["pe"], ref["ne"], num_inference_steps=STEPS,
-                                guidance_scale=5.0) is None
+    assert peers.calibrate_peer(ref["transformer"], fb, _one(ref["pe"], ref["ne"]), num_inference_steps=STEPS) is None
     _assert_clean(ref["transformer"])
 
 

@@ -204,15 +204,20 @@ def test_validate_copy_is_independent(wan):
         calibration.validate(d, "x.json")
 
 
-def test_committed_reference_calibration():
-    """bench/reference/weights/calibration.json: what `make calibration` (bench.profiling.PROFILE_ARGS) writes."""
-    from bench.profiling import CALIBRATION, CALIBRATION_SEED, PROFILE_ARGS
+@pytest.mark.parametrize("model, cls", [("wan", "WanTransformer3DModel"), ("flux", "FluxTransformer2DModel")])
+def test_committed_reference_calibration(model, cls):
+    """bench/reference/weights*/calibration.json: what `make calibration [MODEL=flux]`
+    (bench.profiling.profile_args) writes."""
+    from bench.models import REFERENCES
+    from bench.profiling import CALIBRATION_SEED, profile_args
 
+    CALIBRATION = REFERENCES[model].calibration
     if not CALIBRATION.exists():
         pytest.skip("no committed calibration")
     data = calibration.load(CALIBRATION)
-    args = dict(zip(PROFILE_ARGS[::2], PROFILE_ARGS[1::2]))
+    args = profile_args(model)
+    args = dict(zip(args[::2], args[1::2]))
     assert data["run"]["num_steps"] == int(args["--steps"]) and data["run"]["prompts"] == int(args["--prompts"])
-    assert data["run"]["seeds"] == [CALIBRATION_SEED] and data["model"]["class"] == "WanTransformer3DModel"
+    assert data["run"]["seeds"] == [CALIBRATION_SEED] and data["model"]["class"] == cls
     assert all(len(v) == data["run"]["num_steps"] for v in data["magcache"].values())
     assert CALIBRATION.with_suffix(".png").exists()
