@@ -69,8 +69,11 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
     bad_keys = [k for k in options if not isinstance(k, str)]
     if bad_keys:
         raise option_error(f"fxcache: option names must be strings such as 'policy', got {bad_keys[0]!r}")
-    if "policy" not in options:
-        options = {**DEFAULT_OPTIONS, **options}
+    calibration = options.pop("calibration", None)
+    if calibration is not None:
+        calibration = calibration_file.load(calibration)
+    if "policy" not in options:  # a tuned calibration file (`python -m fxcache.tune`) names its own setting
+        options = {**(calibration_file.tuned_options(calibration) or DEFAULT_OPTIONS), **options}
     name = options.pop("policy", DEFAULT_POLICY)
     if not isinstance(name, str) or name not in POLICIES:
         raise option_error(f"fxcache: unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}")
@@ -106,9 +109,6 @@ def parse_options(options: Mapping | None) -> tuple[Policy, dict]:
         raise option_error(f"fxcache: option 'per_sample' must be True (each request of a batch decides alone: a "
                            f"batch row, or the rows given one id by fxcache.context(requests=...)) or False (the "
                            f"whole batch decides together), got {per_sample!r}")
-    calibration = options.pop("calibration", None)
-    if calibration is not None:
-        calibration = calibration_file.load(calibration)
     policy = POLICIES[name](**options)
     policy.configure(calibration)
     return policy, {"compiler": compiler, "num_steps": num_steps, "max_variants": max_variants,

@@ -10,7 +10,8 @@ One JSON object, versioned:
      "magcache": {stream name: [gamma_1 .. gamma_N]},          # gamma_1 = 1
      "mixcache": {"theta", "delta1", "delta2", "blocks", "mu", "sigma", "impact": {"step", "cfg", "block"}},
      "adacache": {"sites", "per_step": {"mean", "p10", "p50", "p90", "max"}, "per_block"},
-     "curves":   {name: [one value per step]}}                 # what the plot shows
+     "curves":   {name: [one value per step]},                 # what the plot shows
+     "tuned":    {"options": {"policy", ...} or null, ...}}    # optional: `python -m fxcache.tune`'s choice
 
 `load` validates the file and raises an `OptionError` naming the file and what is wrong; `check_model` compares
 it with the graph being compiled (block class and unit count, and the model class where the graph tells it).
@@ -92,9 +93,23 @@ def validate(data: Any, path="<memory>") -> Calibration:
         for cut, values in impact.get("block", {}).items():
             if not _finite_list(values, 0.0):
                 raise _fail(path, f"has mixcache.impact.block.{cut} that is not a list of finite numbers")
+    if "tuned" in data:
+        tuned = data["tuned"]
+        options = tuned.get("options") if isinstance(tuned, dict) else False
+        if not (options is None or isinstance(options, dict) and isinstance(options.get("policy"), str)):
+            raise _fail(path, "has a 'tuned' section whose 'options' is neither null nor an object with a 'policy'")
     out = Calibration(data)
     out.path = str(path)
     return out
+
+
+def tuned_options(cal: "Calibration | None") -> dict | None:
+    """The options `python -m fxcache.tune` chose and wrote into the file (no setting held the floor: policy
+    "none"); None when the file was not tuned."""
+    tuned = (cal or {}).get("tuned")
+    if not tuned:
+        return None
+    return dict(tuned["options"] or {"policy": "none"})
 
 
 def load(path) -> Calibration:

@@ -27,6 +27,7 @@ class Target:
     cfg: str = "separate"  # "separate": cond call, then uncond call, per step | "batched": one call on [uncond; cond]
     prompts: int | None = None  # how many prompts `generate` knows (None: any index)
     name: str = ""
+    data_range: float | None = None  # peak-to-peak of an output, for PSNR (`fxcache.tune`; None: the reference's)
 
 
 def load_target(spec: str) -> Target:
