@@ -41,7 +41,7 @@ def _target(model: str, cfg: str) -> Target:
         return ref.generate(t, ref.encode(encoder, [prompts[prompt]]), num_inference_steps=steps,
                             guidance_scale=guidance, seed=seed, cfg=cfg)
 
-    return Target(transformer, generate_one, cfg=cfg, prompts=len(prompts), name=TARGETS[model])
+    return Target(transformer, generate_one, cfg=cfg, prompts=len(prompts), name=TARGETS[model], data_range=2.0)
 
 
 def reference(cfg: str = "separate") -> Target:
