@@ -236,7 +236,14 @@ def motion(value: torch.Tensor, *, per_frame: int, stride: int) -> tuple[torch.T
     return num, later.abs().sum((1, 2)) + earlier.abs().sum((1, 2))
 
 
-REL_L1 = metric("rel_l1")
-PEER_REL_L1 = metric("peer_rel_l1")
-CFG_REL_L1 = metric("cfg_rel_l1")
-MAG_RATIO = metric("mag_ratio")
+@register("l1_mean", reduce="mean")
+def l1_mean(value: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+    """mean|x - ref| and (abs_mean) mean|x|: EasyCache's norms (H-EmbodVis/EasyCache takes norms as mean |.|)."""
+    return (value.float() - cached.float()).abs()
+
+
+register("abs_mean", reduce="mean")(lambda value: value.float().abs())
+
+
+REL_L1, PEER_REL_L1, CFG_REL_L1 = metric("rel_l1"), metric("peer_rel_l1"), metric("cfg_rel_l1")
+MAG_RATIO, L1_MEAN, ABS_MEAN = metric("mag_ratio"), metric("l1_mean"), metric("abs_mean")

@@ -17,7 +17,10 @@ class Site:
     "module": the output of submodule `name` (e.g. "attn1", "ff") of unit `start` (passes/modules.py);
     "indicator": a probe value such as TeaCache's modulated input (`name`); "output": the model output;
     "cfg": the low and high band images of (this stream's output - the peer stream's output of the same step),
-    from which a reused call rebuilds its output without running the model (passes/cfg.py)."""
+    from which a reused call rebuilds its output without running the model (passes/cfg.py); "delta": the model
+    output minus its latent input (EasyCache's transformation vector; reused, the call returns the latent input plus
+    the cached delta and runs nothing of the model). An indicator may also be computed from the model's inputs
+    (derived.py: SeaCache's filtered latent)."""
 
     kind: str
     start: int = 0
@@ -99,6 +102,7 @@ class Plan:
 FULL = Plan()
 OUTPUT = Site("output")
 CFG = Site("cfg")
+DELTA = Site("delta")
 CFG_BATCH = Site("cfg", name="batch")  # the same band images, of (uncond half - cond half) of one batched output
 
 

@@ -105,7 +105,9 @@ def test_fbcache_keeps_caching_after_a_new_resolution_and_batch(name):
 
 POLICIES = {"none": {"policy": "none"}, **{p: o for p, o in CACHING.items() if p != "magcache"},
             # a flat ratio list instead of a calibration file: no error accumulates, so max_skips decides
-            "magcache": {"policy": "magcache", "threshold": 0.3, "ratios": [1.0] * 20, "max_skips": 1}}
+            "magcache": {"policy": "magcache", "threshold": 0.3, "ratios": [1.0] * 20, "max_skips": 1},
+            "seacache": {"policy": "seacache", "threshold": 0.6},
+            "easycache": {"policy": "easycache", "warmup_steps": 4, "threshold": 0.2}}
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))

@@ -25,6 +25,8 @@ POLICIES = {
     "teacache": {"threshold": 0.3},
     "dynamiccache": {"threshold": 0.1},
     "magcache": {"ratios": [1.0] * STEPS, "threshold": 0.3},
+    "seacache": {"threshold": 0.6},
+    "easycache": {"threshold": 0.4, "warmup_steps": 3},
     "adacache": {},
     "mixcache": {},
     "fora": {},
@@ -232,7 +234,7 @@ def test_whole_batch_option():
     assert st.requests_live == 0 and st.steps == 8 and all("request" not in d for d in st.decisions)
 
 
-@pytest.mark.parametrize("name", ["fbcache", "taylorseer"])
+@pytest.mark.parametrize("name", ["fbcache", "taylorseer", "seacache", "easycache"])
 def test_batched_cfg_pairs(name):
     """Batched CFG with several prompts ([uncond x B; cond x B], PixArt's layout): a prompt's uncond and cond rows are
     one request, and each prompt gets what it gets alone ([uncond; cond])."""

@@ -35,6 +35,8 @@ OPTIONS["magcache"] = {"policy": "magcache", "threshold": 0.3, "ratios": [1.0] *
 OPTIONS["dynamiccache"] = CACHING["dynamiccache-output"]
 OPTIONS["dbcache"] = {"policy": "dbcache", "Fn": 1, "warmup_steps": 2, "threshold": 0.2}
 OPTIONS["fastercache"] = {"policy": "fastercache", **EVERYWHERE}
+OPTIONS["seacache"] = {"policy": "seacache", "threshold": 0.6}
+OPTIONS["easycache"] = {"policy": "easycache", "warmup_steps": 2, "threshold": 0.4}  # R = 10 > the 8 steps here
 
 
 def _saved(cm) -> int:

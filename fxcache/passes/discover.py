@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
+from ..derived import lookup
 from ..plan import Site, Stop
 from . import symbolic
 from .collectives import groups_of
@@ -144,16 +145,25 @@ class Discovery:
         """Node position of a plan boundary."""
         if stop.kind == "cut":
             return self.cuts[stop.index]
+        if stop.name not in self.indicators and lookup(stop.name) is not None:  # computed from the inputs only
+            return next(i for i, n in enumerate(self.nodes) if n.op != "placeholder")
         return self.pos[self.indicators[stop.name]] + 1
 
     def site_ok(self, site: Site) -> bool:
         if site.kind in ("residual", "stream"):
             return self.residual_ok(site.start, site.stop)
         if site.kind == "indicator":
-            return site.name in self.indicators
+            return site.name in self.indicators or (lookup(site.name) is not None and self.hidden is not None)
         if site.kind == "module":
             return site in self.modules
         return False
+
+    def latent_io(self) -> tuple[tuple | None, tuple | None]:
+        """(shape of the latent input, shape of the model's one output; None where unknown or not one tensor)."""
+        out = self.nodes[-1].args[0]
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        one = shape(flat[0]) if len(flat) == 1 and isinstance(flat[0], fx.Node) else None
+        return (shape(self.placeholders[self.hidden]) if self.hidden is not None else None), one
 
     def live_at(self, p: int) -> list[fx.Node]:
         return [n for n in self.nodes[:p] if n.op != "placeholder" and self.last_use.get(n, -1) >= p]

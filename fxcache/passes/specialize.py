@@ -16,7 +16,7 @@ The variant computes the node range [start, stop) of the original graph with:
 Dead code (the skipped blocks, the work only they needed) is eliminated, so it is gone from the compiled graph.
 
 A measured site's metrics are registered functions (fxcache/metrics.py), called on the site's value and the
-references they declare; this pass knows no metric by name. A plan that reuses OUTPUT returns the cached output and runs nothing.
+references they declare; this pass knows no metric by name. A plan that reuses OUTPUT or DELTA runs none of the model (variant.py).
 Inputs and outputs are described by keys (passes/variant.py).
 """
 
@@ -29,18 +29,16 @@ import torch
 import torch.fx as fx
 
 from .. import metrics
-from ..plan import CFG, CFG_BATCH, OUTPUT, Plan, Site, window_of
+from ..plan import CFG_BATCH, OUTPUT, Plan, Site, window_of
 from ..triton_kernels import forecast, residual_apply
 from . import cfg, collectives, symbolic
 from .discover import Discovery
-from .variant import Variant, finish, output_variant, rebuild_variant, site_nodes
+from .variant import Variant, derived_value, finish, runs_nothing, site_nodes
 
 
 def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
-    if CFG in plan.reuse:
-        return rebuild_variant(gm, d, OUTPUT in plan.write)
-    if OUTPUT in plan.reuse:
-        return output_variant(gm, d)
+    if (nothing := runs_nothing(gm, d, plan)) is not None:
+        return nothing
     start = d.position(plan.start) if plan.start is not None else 0
     stop = d.position(plan.stop) if plan.stop is not None else len(d.nodes)
     g = fx.Graph()
@@ -151,8 +149,10 @@ def specialize(gm: fx.GraphModule, d: Discovery, plan: Plan) -> Variant:
         if site.name == "window" and base in plan.forecast:  # the forecast itself, exactly
             return [forecasts[(base, j)] if (base, j) in forecasts else cached_value(base, j, o, f"fc_{j}")
                     for j, o in enumerate(outs)]
-        if site.kind == "residual":
+        if site.kind in ("residual", "delta"):
             return [g.call_function(torch.sub, (value(o), value(i))) for o, i in zip(outs, ins)]
+        if site.kind == "indicator" and site.name not in d.indicators:  # computed from the inputs (derived.py)
+            return [derived_value(g, d, site, value)]
         if site == CFG_BATCH:  # band images of (uncond half - cond half) of this output
             both = g.call_function(cfg.batch_bands, (value(outs[0]),))
             return [g.call_function(operator.getitem, (both, j)) for j in (0, 1)]

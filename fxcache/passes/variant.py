@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..plan import CFG, OUTPUT, Site
+from .. import derived
+from ..plan import CFG, DELTA, OUTPUT, Site
+from ..triton_kernels import residual_apply
 from . import cfg
 from .discover import Discovery
 
@@ -63,8 +65,10 @@ def site_nodes(d: Discovery, site: Site) -> tuple[list[fx.Node], list[fx.Node]]:
     if site.kind in ("residual", "stream"):
         pairs = d.pairs(site.start, site.stop)
         return [y for _, y in pairs], [x for x, _ in pairs]
-    if site.kind == "indicator":
-        return [d.indicators[site.name]], []
+    if site.kind == "indicator":  # a derived one (derived.py) has the latent input's shape and dtype
+        return [d.indicators[site.name] if site.name in d.indicators else d.placeholders[d.hidden]], []
+    if site.kind == "delta":
+        return site_nodes(d, OUTPUT)[0], [d.placeholders[d.hidden]]
     if site.kind == "module":
         return list(d.modules[site].outputs), []
     if site.kind in ("output", "cfg"):
@@ -101,3 +105,32 @@ def output_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
     ph.meta = copy.copy(site_nodes(d, OUTPUT)[0][0].meta)
     g.output((g.call_function(torch.clone, (ph,)),))  # a fresh tensor: the caller may modify what it gets
     return Variant(fx.GraphModule(gm, g), [("cache", OUTPUT, 0, 0)], [("out", 0)], 0)
+
+
+def runs_nothing(gm: fx.GraphModule, d: Discovery, plan) -> Variant | None:
+    """The variant of a plan that runs none of the model (a CFG rebuild, a reused output or DELTA), else None."""
+    if CFG in plan.reuse:
+        return rebuild_variant(gm, d, OUTPUT in plan.write)
+    if OUTPUT in plan.reuse:
+        return output_variant(gm, d)
+    return delta_variant(gm, d) if DELTA in plan.reuse else None
+
+
+def derived_value(g: fx.Graph, d: Discovery, site: Site, value) -> fx.Node:
+    """An indicator computed from the inputs (derived.py): its registered function on the latent and timestep
+    inputs (`value` maps an original node to its node in `g`)."""
+    fn, params = derived.lookup(site.name)
+    ts = value(d.placeholders[d.timestep]) if d.timestep is not None else None
+    return g.call_function(fn, (value(d.placeholders[d.hidden]), ts), params)
+
+
+def delta_variant(gm: fx.GraphModule, d: Discovery) -> Variant:
+    """The latent input plus the stream's cached DELTA (model output - latent input) as this call's output
+    (EasyCache's skipped step); nothing of the model runs. Only for graphs whose one output has the latent's
+    shape (checked by the policy)."""
+    g = fx.Graph()
+    x, cached = g.placeholder("latent"), g.placeholder("cached_delta")
+    x.meta = copy.copy(d.placeholders[d.hidden].meta)
+    cached.meta = copy.copy(site_nodes(d, OUTPUT)[0][0].meta)
+    g.output((g.call_function(residual_apply, (x, cached)),))
+    return Variant(fx.GraphModule(gm, g), [("arg", d.hidden), ("cache", DELTA, 0, 0)], [("out", 0)], 0)

@@ -6,12 +6,14 @@ from .blockdance import BlockDance
 from .dbcache import DBCache
 from .deltadit import DeltaDiT
 from .dynamiccache import DynamicCache
+from .easycache import EasyCache
 from .fastercache import FasterCache
 from .fbcache import FBCache
 from .fora import FORA
 from .magcache import MagCache
 from .mixcache import MixCache
 from .pab import PAB
+from .seacache import SeaCache
 from .taylorseer import TaylorSeer
 from .teacache import TeaCache
 from .tgate import TGate
@@ -34,4 +36,6 @@ POLICIES: dict[str, type[Policy]] = {
     "blockdance": BlockDance,
     "fastercache": FasterCache,
     "mixcache": MixCache,
+    "seacache": SeaCache,
+    "easycache": EasyCache,
 }
