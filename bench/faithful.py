@@ -59,7 +59,12 @@ PAIRS = [
       "order": 1}, ("dbcache+taylorseer", "F1B0 R0.24 W8 O1"), ()),
     ({"policy": "dbcache", "Fn": 1, "Bn": 0, "threshold": 0.24, "warmup_steps": 8, "forecast": "foca"},
      ("dbcache+foca", "F1B0 R0.24 W8"), ()),
+    # SeaCache: fxcache is told the step count (num_steps, filled in per run), which diffusers reads from
+    # WanPipeline's cache contexts.
+    ({"policy": "seacache"}, ("seacache", "threshold=0.25"), ()),
+    ({"policy": "seacache", "threshold": 0.4}, ("seacache", "threshold=0.4"), ()),
 ]
+NEEDS_STEPS = {"seacache", "easycache"}
 
 
 # On the Flux model: the step-level methods whose peers support Flux (diffusers' FirstBlockCache and MagCache at
@@ -137,6 +142,8 @@ def run_pair(transformer, ref: Reference, conditioning, n: int, options, peer, m
     calibration = calibrate_peer(transformer, peer, lambda t, c: ref.generate(t, conditioning, **{**kw, "cfg": c}),
                                  num_inference_steps=steps)
     options = dict(options)
+    if options["policy"] in NEEDS_STEPS:
+        options.setdefault("num_steps", steps)
     if options["policy"] == "magcache":
         # the same ratios on both sides: diffusers' calibration, one list for both streams (as diffusers uses it)
         ratios_path.write_text(json.dumps({"streams": {"*": calibration["mag_ratios"]}}))

@@ -3,7 +3,8 @@
 Peers (eager, no torch.compile):
 
 - diffusers 0.42 cache hooks (`transformer.enable_cache(config)` / `disable_cache()`):
-  FasterCache, FirstBlockCache, Pyramid Attention Broadcast, MagCache, TaylorSeer.
+  FasterCache, FirstBlockCache, Pyramid Attention Broadcast, MagCache, TaylorSeer, SeaCache (Wan only: its
+  adapter reads WanPipeline's cache contexts).
 - cache-dit (PyPI `cache-dit`, 1.5.x): DBCache ("Fn Bn" dual block cache), alone and with its TaylorSeer
   calibrator, through `cache_dit.enable_cache(transformer, ...)` / `cache_dit.disable_cache(transformer)`.
 
@@ -138,6 +139,10 @@ def diffusers_settings(model: str = "wan") -> list[PeerSetting]:
            taylor_factors_dtype=torch.float32, cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"]),
         _d("taylorseer", "interval=8 order=1", cache_interval=8, disable_cache_before_step=3, max_order=1,
            taylor_factors_dtype=torch.float32, cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"]),
+        # SeaCache (diffusers 0.42.1's own, with its Wan text-to-video adapter; WanPipeline passes the step, sigma
+        # and step count it needs in each cache context). Default: SeaCacheConfig's 0.25; then 0.4.
+        _d("seacache", "threshold=0.25", threshold=0.25),
+        _d("seacache", "threshold=0.4", threshold=0.4),
     ]
 
 
@@ -306,6 +311,8 @@ def _diffusers_config(peer: PeerSetting, tracker: StepTracker, num_inference_ste
         return diffusers.MagCacheConfig(calibrate=True, num_inference_steps=num_inference_steps)
     if peer.method == "taylorseer":
         return diffusers.TaylorSeerCacheConfig(**p)
+    if peer.method == "seacache":
+        return diffusers.SeaCacheConfig(**p)
     raise ValueError(f"unknown diffusers peer method {peer.method!r}")
 
 
@@ -404,7 +411,8 @@ REGIONAL_SETTINGS = (("fbcache", "threshold=0.05"), ("fbcache", "threshold=0.1")
                      ("magcache", "E0.06 K3 R0.2"), ("magcache", "E0.12 K4 R0.2"), ("magcache", "E0.24 K6 R0.2"),
                      ("taylorseer", "interval=5 order=1"), ("taylorseer", "interval=3 order=1"),
                      ("pab", "spatial=2 cross=6"), ("fastercache", "docs: attn<681 uncond<781 w=0.3"),
-                     ("magcache", "E0.24 K5 R0.1 (Flux)"))
+                     ("magcache", "E0.24 K5 R0.1 (Flux)"), ("seacache", "threshold=0.25"),
+                     ("seacache", "threshold=0.4"))
 REGIONAL = " + compile_repeated_blocks"
 
 

@@ -151,9 +151,19 @@ def fxcache_methods(compiler: str, steps: int = 50, model: str = "wan") -> list[
         fxcache_method("adacache", "30-fast + MoReg", compiler, num_steps=steps, codebook="30-fast", moreg=True),
         fxcache_method("adacache", "100", compiler, num_steps=steps, codebook="100"),
     ]
+    # The calibration-free methods of issue 25: SeaCache (diffusers' defaults, then 0.4) and EasyCache (the
+    # official defaults, then the thresholds its help text names for ~2x and ~3x); both told the step count, as
+    # their pipelines are.
+    free = [
+        fxcache_method("seacache", "threshold=0.25 (diffusers default)", compiler, num_steps=steps),
+        fxcache_method("seacache", "threshold=0.4", compiler, num_steps=steps, threshold=0.4),
+        fxcache_method("easycache", "tau=0.05 R=10 (official default)", compiler, num_steps=steps),
+        fxcache_method("easycache", "tau=0.1", compiler, num_steps=steps, threshold=0.1),
+        fxcache_method("easycache", "tau=0.2", compiler, num_steps=steps, threshold=0.2),
+    ]
     batched_mix = fxcache_method("mixcache", "eff (paper defaults)", compiler)
     batched_mix.cfg = "batched"
-    return m + [batched, batched_faster] + blocks + mix + [batched_mix]
+    return m + [batched, batched_faster] + blocks + mix + free + [batched_mix]
 
 
 def peer_methods(transformer, steps: int, guidance: float, quick: bool, ref: Reference) -> list[Method]:
