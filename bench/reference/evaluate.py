@@ -16,9 +16,8 @@ from collections import Counter
 
 import torch
 
-from .data import COLORS, DIRECTIONS, SHAPES, all_prompts
+from .data import COLORS, DIRECTIONS, SHAPES
 from .flux_data import POSITIONS, SIZES
-from .judge import score
 
 # chance level of each attribute: one value out of how many
 CHANCE = {"wan": {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "direction": 1 / len(DIRECTIONS)},
@@ -40,37 +39,23 @@ def load_ckpt(model_name: str = "wan"):
 
 
 @torch.no_grad()
-def evaluate_flux(model, encoder, seeds=(0,), steps: int = 30, guidance: float = 4.0, batch: int = 32) -> dict:
-    """Every image prompt once per seed (batched CFG; the same arithmetic as FluxPipeline's separate calls)."""
-    from ..pipeline_flux import generate_images
-    from .flux_data import all_image_prompts
-    from .flux_judge import score_images
+def evaluate(model, encoder, seeds=(0,), steps: int = 30, guidance: float | None = None, batch: int = 16,
+             name: str = "wan") -> dict:
+    """Every prompt of reference model `name` once per seed, batched CFG (the same arithmetic as the pipelines'
+    separate calls), judged."""
+    from ..models import REFERENCES
 
-    prompts = all_image_prompts()
-    images, judged = [], []
+    ref = REFERENCES[name]
+    prompts = list(ref.every)
+    outputs, judged = [], []
     for seed in seeds:
         for i in range(0, len(prompts), batch):
             chunk = prompts[i:i + batch]
-            images.append(generate_images(model, encoder.encode(chunk), num_inference_steps=steps,
-                                          guidance_scale=guidance, seed=seed * 1000 + i, cfg="batched"))
+            outputs.append(ref.generate(model, ref.encode(encoder, chunk), num_inference_steps=steps,
+                                        guidance_scale=guidance or ref.guidance, seed=seed * 1000 + i,
+                                        cfg="batched"))
             judged += chunk
-    return score_images(torch.cat(images), judged) | {"prompts": judged}
-
-
-@torch.no_grad()
-def evaluate(model, encoder, seeds=(0,), steps: int = 30, guidance: float = 5.0, batch: int = 16) -> dict:
-    from ..pipeline import generate
-
-    prompts = all_prompts()
-    clips, judged = [], []
-    for seed in seeds:
-        for i in range(0, len(prompts), batch):
-            chunk = prompts[i:i + batch]
-            cond, uncond = encoder.encode(chunk)
-            clips.append(generate(model, cond, uncond, num_inference_steps=steps, guidance_scale=guidance,
-                                  seed=seed * 1000 + i, cfg="batched"))
-            judged += chunk
-    return score(torch.cat(clips), judged) | {"prompts": judged}
+    return ref.score(torch.cat(outputs), judged) | {"prompts": judged}
 
 
 def main(argv=None) -> None:
@@ -94,8 +79,8 @@ def main(argv=None) -> None:
 
         model, encoder = (flux_model if flux else wan_model).load()
         what = f"committed {args.model} weights"
-    s = (evaluate_flux if flux else evaluate)(model, encoder, seeds=range(args.seeds), steps=args.steps,
-                                             guidance=args.guidance)
+    s = evaluate(model, encoder, seeds=range(args.seeds), steps=args.steps, guidance=args.guidance,
+                 name=args.model)
     n = len(s["verdicts"])
     chance = CHANCE[args.model]
     print(f"{what}: {n} {'images' if flux else 'clips'}, {args.steps} steps, CFG {args.guidance}")

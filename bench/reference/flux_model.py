@@ -8,7 +8,6 @@ Images are 32x32 RGB with no VAE: diffusers' FluxPipeline packs each 2x2 patch o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 
 from .data import COLORS, SHAPES
 from .flux_data import POSITIONS, SIZES, ImagePrompt
+from .model import load_weights, save_weights
 
 WEIGHTS = Path(__file__).parent / "weights-flux"
 TEXT_DIM = 32
@@ -109,26 +109,12 @@ def build_transformer(seed: int = 0):
 
 
 def save(transformer: nn.Module, encoder: ImagePromptEncoder, out: Path = WEIGHTS, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(out / "transformer.safetensors"))
-    save_file(encoder.state_dict(), str(out / "prompt_encoder.safetensors"))
-    (out / "config.json").write_text(json.dumps({"transformer": CONFIG, **(meta or {})}, indent=2) + "\n")
+    save_weights(transformer, encoder, out, CONFIG, meta)
 
 
 def load(path: Path = WEIGHTS) -> tuple[nn.Module, ImagePromptEncoder]:
     """The trained Flux reference transformer (eval, fp32) and its prompt encoder."""
     from diffusers import FluxTransformer2DModel
-    from safetensors.torch import load_file
 
-    if not (path / "transformer.safetensors").exists():
-        raise FileNotFoundError(f"no Flux reference weights in {path}; train them with "
-                                "`python -m bench.reference.train --model flux`")
-    cfg = json.loads((path / "config.json").read_text())["transformer"]
-    cfg["axes_dims_rope"] = tuple(cfg["axes_dims_rope"])
-    model = FluxTransformer2DModel(**cfg)
-    model.load_state_dict(load_file(str(path / "transformer.safetensors")))
-    encoder = ImagePromptEncoder()
-    encoder.load_state_dict(load_file(str(path / "prompt_encoder.safetensors")))
-    return model.eval(), encoder.eval()
+    return load_weights(path, FluxTransformer2DModel, ImagePromptEncoder(), ("axes_dims_rope",),
+                        "python -m bench.reference.train --model flux")

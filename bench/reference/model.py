@@ -84,26 +84,38 @@ def build_transformer(seed: int = 0):
     return fp32_rope(model)
 
 
-def save(transformer: nn.Module, encoder: PromptEncoder, out: Path = WEIGHTS, meta: dict | None = None) -> None:
+def save_weights(transformer: nn.Module, encoder: nn.Module, out: Path, config: dict, meta: dict | None) -> None:
+    """A reference model's weights folder: transformer, prompt encoder and config.json (both models' layout)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in transformer.state_dict().items()}, str(out / "transformer.safetensors"))
     save_file(encoder.state_dict(), str(out / "prompt_encoder.safetensors"))
-    (out / "config.json").write_text(json.dumps({"transformer": CONFIG, **(meta or {})}, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({"transformer": config, **(meta or {})}, indent=2) + "\n")
+
+
+def load_weights(path: Path, transformer_cls, encoder: nn.Module, tuples: tuple[str, ...], train: str):
+    """(transformer, encoder) of a weights folder, both in eval mode; `tuples`: config keys JSON made lists."""
+    from safetensors.torch import load_file
+
+    if not (path / "transformer.safetensors").exists():
+        raise FileNotFoundError(f"no reference weights in {path}; train them with `{train}`")
+    cfg = json.loads((path / "config.json").read_text())["transformer"]
+    cfg |= {k: tuple(cfg[k]) for k in tuples}
+    model = transformer_cls(**cfg)
+    model.load_state_dict(load_file(str(path / "transformer.safetensors")))
+    encoder.load_state_dict(load_file(str(path / "prompt_encoder.safetensors")))
+    return model.eval(), encoder.eval()
+
+
+def save(transformer: nn.Module, encoder: PromptEncoder, out: Path = WEIGHTS, meta: dict | None = None) -> None:
+    save_weights(transformer, encoder, out, CONFIG, meta)
 
 
 def load(path: Path = WEIGHTS) -> tuple[nn.Module, PromptEncoder]:
     """The trained reference transformer (eval, fp32) and its prompt encoder."""
     from diffusers import WanTransformer3DModel
-    from safetensors.torch import load_file
 
-    if not (path / "transformer.safetensors").exists():
-        raise FileNotFoundError(f"no reference weights in {path}; train them with `python -m bench.reference.train`")
-    cfg = json.loads((path / "config.json").read_text())["transformer"]
-    cfg["patch_size"] = tuple(cfg["patch_size"])
-    model = WanTransformer3DModel(**cfg)
-    model.load_state_dict(load_file(str(path / "transformer.safetensors")))
-    encoder = PromptEncoder()
-    encoder.load_state_dict(load_file(str(path / "prompt_encoder.safetensors")))
-    return fp32_rope(model).eval(), encoder.eval()
+    model, encoder = load_weights(path, WanTransformer3DModel, PromptEncoder(), ("patch_size",),
+                                  "python -m bench.reference.train")
+    return fp32_rope(model), encoder
