@@ -14,7 +14,7 @@ def save_plot(section: dict, path: str | Path) -> None:
 
     cap = 60.0  # identical outputs (inf dB) drawn at the cap
     clip = lambda v: cap if v is None else min(cap, v)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     colors = {}
     for r in section["searched"]:
         policy = r["options"]["policy"] + (" + " + r["options"]["forecast"] if "forecast" in r["options"] else "")
@@ -40,7 +40,7 @@ def save_plot(section: dict, path: str | Path) -> None:
            title=f"fxcache.tune: {section['num_steps']} steps, {len(section['searched'])} settings searched "
                  f"({section['seconds']:.0f} s)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -21,12 +21,13 @@ from ..profile import Target, load_target, profile
 # Thresholds per policy, most cautious first (the pruning in `search` relies on that order); the options of each
 # are the policy's own names. A forecast is tried off and on for the step-level policies that take one.
 GRID = {
-    "fbcache": [{"threshold": t} for t in (0.03, 0.05, 0.08, 0.12, 0.2)],
-    "teacache": [{"threshold": t} for t in (0.05, 0.1, 0.15, 0.2, 0.3)],
-    "magcache": [{"threshold": t, "max_skips": k} for t, k in ((0.06, 3), (0.12, 4), (0.24, 6))],
-    "seacache": [{"threshold": t} for t in (0.1, 0.25, 0.4, 0.6)],
-    "easycache": [{"threshold": t} for t in (0.025, 0.05, 0.1, 0.2)],
-    "taylorseer": [{"interval": n} for n in (3, 4, 5, 6)],
+    "fbcache": [{"threshold": t} for t in (0.02, 0.03, 0.05, 0.08, 0.12, 0.2)],
+    "teacache": [{"threshold": t} for t in (0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3)],
+    "magcache": [{"threshold": t, "max_skips": k} for t, k in ((0.02, 2), (0.04, 2), (0.06, 3), (0.12, 4),
+                                                                (0.24, 6))],
+    "seacache": [{"threshold": t} for t in (0.05, 0.1, 0.15, 0.25, 0.4)],
+    "easycache": [{"threshold": t} for t in (0.01, 0.025, 0.05, 0.1)],
+    "taylorseer": [{"interval": n} for n in (2, 3, 4, 5, 6)],
 }
 FORECASTS = {"fbcache": (None, "taylor"), "teacache": (None, "taylor"), "magcache": (None, "taylor")}
 CALIBRATED = {"magcache"}  # needs the calibration file's constants
