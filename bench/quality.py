@@ -34,7 +34,7 @@ PROMPTS = list(REFERENCES["wan"].prompts)  # 8 prompts: every shape, color and d
 CALIBRATION = REFERENCES["wan"].calibration
 
 
-def flux_fxcache_methods(compiler: str, calibration: str) -> list[Method]:
+def flux_fxcache_methods(compiler: str, calibration: str, steps: int) -> list[Method]:
     """On the Flux model: the default, each probing policy at its published default and around it, with and
     without a forecast, the calibrated ones with this model's calibration, and the schedule policies at their
     defaults (a smaller list than Wan's: the settings people run, not every ablation)."""
@@ -62,13 +62,17 @@ def flux_fxcache_methods(compiler: str, calibration: str) -> list[Method]:
         fxcache_method("dbcache", "F1B0 R0.24 W8 taylor O1", compiler, Fn=1, threshold=0.24, forecast="taylor"),
         fxcache_method("mixcache", "eff (paper defaults)", compiler),
         fxcache_method("fastercache", "config defaults: attn<681 uncond<641 w=0.5", compiler),
+        # EasyCache (issue 25; SeaCache's filter needs a video or image latent, Flux's is packed tokens)
+        fxcache_method("easycache", "tau=0.05 R=10 (official default)", compiler, num_steps=steps),
+        fxcache_method("easycache", "tau=0.025", compiler, num_steps=steps, threshold=0.025),
+        fxcache_method("easycache", "tau=0.1", compiler, num_steps=steps, threshold=0.1),
     ]
 
 
 def fxcache_methods(compiler: str, steps: int = 50, model: str = "wan") -> list[Method]:
     calibration = str(REFERENCES[model].calibration)  # from `python -m fxcache.profile` (bench/profiling.py)
     if model == "flux":
-        return flux_fxcache_methods(compiler, calibration)
+        return flux_fxcache_methods(compiler, calibration, steps)
     m = [
         default_method(compiler),  # no policy named: fxcache.DEFAULT_POLICY with fxcache.DEFAULT_OPTIONS
         fxcache_method("fbcache", "threshold=0.05", compiler, threshold=0.05),
@@ -158,6 +162,8 @@ def fxcache_methods(compiler: str, steps: int = 50, model: str = "wan") -> list[
         fxcache_method("seacache", "threshold=0.25 (diffusers default)", compiler, num_steps=steps),
         fxcache_method("seacache", "threshold=0.4", compiler, num_steps=steps, threshold=0.4),
         fxcache_method("easycache", "tau=0.05 R=10 (official default)", compiler, num_steps=steps),
+        fxcache_method("easycache", "tau=0.025 (fxcache.tune's choice)", compiler, num_steps=steps,
+                       threshold=0.025),
         fxcache_method("easycache", "tau=0.1", compiler, num_steps=steps, threshold=0.1),
         fxcache_method("easycache", "tau=0.2", compiler, num_steps=steps, threshold=0.2),
     ]
