@@ -118,7 +118,7 @@ class ComputeLog:
 
 
 def _peer(method: str, setting: str, model: str = "wan"):
-    for p in diffusers_settings(model) + cachedit_settings():
+    for p in diffusers_settings(model) + cachedit_settings(model):
         if (p.method, p.setting) == (method, setting):
             return p
     raise KeyError((method, setting))

@@ -165,14 +165,19 @@ def _diffusers_flux_settings() -> list[PeerSetting]:
     ]
 
 
-def cachedit_settings() -> list[PeerSetting]:
+def cachedit_settings(model: str = "wan") -> list[PeerSetting]:
     """DBCache: DBCacheConfig's defaults (R0.08, W8) except Fn: its default F8 is more blocks than this model
     has (6), so F1B0, the configuration cache-dit's examples and integrations (vLLM-Omni, SGLang) use; then
     R0.12 (those examples' threshold) and R0.24. With the TaylorSeer calibrator (order 1, its default) and with
-    the FoCa calibrator (no parameters)."""
+    the FoCa calibrator (no parameters). On the Flux model `enable_separate_cfg=True`: cache-dit's Flux adapter
+    assumes a guidance-distilled model (one call per step), and with FluxPipeline's true CFG it would compare each
+    cond call's residual with the uncond call's before it (every residual difference near 0.7-1.0: no step ever
+    cached); cache-dit's Wan adapter turns it on by itself."""
+    separate = {"enable_separate_cfg": True} if model == "flux" else {}
+
     def db(r: float, **kw) -> dict:
         return dict(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=r, max_warmup_steps=8,
-                    max_cached_steps=-1, max_continuous_cached_steps=-1, **kw)
+                    max_cached_steps=-1, max_continuous_cached_steps=-1, **separate, **kw)
 
     ts = dict(taylorseer_order=1)
     return [
@@ -190,7 +195,7 @@ def peer_settings(model: str = "wan") -> list[PeerSetting]:
     """Every peer setting; the cache-dit ones only when `cachedit_status() == "ok"`."""
     out = diffusers_settings(model)
     if cachedit_status() == "ok":
-        out += cachedit_settings()
+        out += cachedit_settings(model)
     return out
 
 

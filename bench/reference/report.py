@@ -91,7 +91,7 @@ def sample_image_grid(model, encoder, path: Path, title: str = "", steps: int = 
     images = torch.stack([generate_images(model, encoder.encode(prompts), num_inference_steps=steps,
                                           guidance_scale=guidance, seed=s, cfg="batched") for s in seeds], dim=1)
     img = images_to_grid(images.flatten(0, 1), cols=len(seeds))
-    fig, ax = plt.subplots(figsize=(5.2, 0.5 * len(prompts) + 0.6))
+    fig, ax = plt.subplots(figsize=(6.0, 0.5 * len(prompts) + 0.6))
     ax.imshow(img)
     row = img.shape[0] / len(prompts)
     ax.set_yticks([row * (i + 0.5) for i in range(len(prompts))], [str(p) for p in prompts], fontsize=7)
