@@ -84,15 +84,16 @@ def judged(flux):
 
 
 def test_flux_model_learned_color_and_shape(judged):
-    """The committed weights draw the prompted color and, well above chance (1/3), the shape."""
-    assert judged["color"] >= 0.9
-    assert judged["shape"] > 0.6
+    """The committed weights draw the prompted color and, far above chance (1/3), the shape
+    (`python -m bench.reference.evaluate --model flux` measured 100% of both on all 96 prompts)."""
+    assert judged["color"] >= 0.95
+    assert judged["shape"] >= 0.9
 
 
 def test_flux_model_follows_position_and_size(judged):
-    """Chance is 1/4 for the quadrant and 1/2 for the size."""
-    assert judged["position"] >= 0.9
-    assert judged["size"] > 0.75
+    """Chance is 1/4 for the quadrant and 1/2 for the size (measured: 100% of both on all 96 prompts)."""
+    assert judged["position"] >= 0.95
+    assert judged["size"] >= 0.9 and judged["all"] >= 0.85
 
 
 def test_quality_quick_runs_on_flux(tmp_path):
