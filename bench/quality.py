@@ -246,6 +246,9 @@ def run(args) -> list[dict]:
             methods = baselines + [m for m in methods[len(baselines):] if re.search(args.match, m.label)]
     else:
         methods += peer_methods(transformer, args.steps, args.guidance, args.quick, ref)
+    used = {m.cfg for m in methods[len(baselines):]} | {"separate"}  # no baseline for a layout nothing uses
+    methods = [m for m in baselines if m.cfg in used] + methods[len(baselines):]
+    baselines = [b for b in baselines if b.cfg in used]
     if not ref.calibration.exists() and any(m.name == "magcache" and m.provider == "fxcache" for m in methods):
         from .profiling import calibrate
 
