@@ -17,6 +17,7 @@ from .. import stats
 from ..backend import backend
 from ..policies import POLICIES
 from ..profile import Target, load_target, profile
+from .plot import save_plot
 
 # Thresholds per policy, most cautious first (the pruning in `search` relies on that order); the options of each
 # are the policy's own names. A forecast is tried off and on for the step-level policies that take one.
@@ -196,7 +197,5 @@ def tune(target: Target | str, *, floor=(35.0, 30.0), steps: int = 50, guidance:
     data["tuned"] = section
     calibration_file.save(path, data)
     if plot is not None:
-        from .plot import save_plot
-
         save_plot(section, plot)
     return section
