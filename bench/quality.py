@@ -264,6 +264,13 @@ def run(args) -> list[dict]:
     return rows(methods, outputs, times, full, warmup, baselines, compiler, args.steps, args.seeds, cache_bytes)
 
 
+def _speedup_note(meta: dict) -> str:
+    if meta.get("compiler", "inductor") == "eager":
+        return ("Speedup: every method vs uncached eager, same CFG layout (fxcache with its eager inner compiler: "
+                "no Inductor; the peers' regional rows compile their blocks).")
+    return "Speedup: fxcache vs uncached torch.compile, peers vs uncached eager, same CFG layout."
+
+
 def report_markdown(meta: dict, records: list[dict]) -> str:
     """quality.md: the setting, each provider's place on the frontier, then every method."""
     m, n = meta["machine"], len(meta["prompts"])
@@ -271,8 +278,7 @@ def report_markdown(meta: dict, records: list[dict]) -> str:
             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, no GPU; torch {m['torch']}; "
             f"{meta['date']}. {meta['steps']} steps, CFG {meta['guidance']}, {n} prompts x {len(meta['seeds'])} "
             f"seeds; times are whole generations of the {n} prompts (seed {meta['timed_seed']}), median [min-max] of "
-            f"{meta['repeats']} interleaved repeats ({meta['pipeline']}). Speedup: fxcache vs uncached torch.compile, peers vs uncached "
-            f"eager, same CFG layout. Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
+            f"{meta['repeats']} interleaved repeats ({meta['pipeline']}). {_speedup_note(meta)} Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
             f"{frontier_table(records)}\n\n{markdown_table(records)}\n")
 
 
@@ -314,11 +320,12 @@ def main(argv=None) -> list[dict]:
     from .peers import cachedit_status
 
     meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-            "guidance": args.guidance, "model": args.model, "model_title": ref.title, "pipeline": ref.pipeline,
+            "guidance": args.guidance, "compiler": "eager" if args.quick else args.compiler, "model": args.model, "model_title": ref.title, "pipeline": ref.pipeline,
             "prompts": [str(p) for p in (ref.prompts[:2] if args.quick else ref.prompts)],
             "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
             "command": "python -m bench.quality" + (" --quick" if args.quick else "")
+                       + (f" --compiler {args.compiler}" if args.compiler != "inductor" else "")
                        + (f" --model {args.model}" if args.model != "wan" else "")}
     suffix = "" if args.model == "wan" else f"-{args.model}"
     stem = f"quality{suffix}" if not args.only else f"quality{suffix}-{args.name}"
