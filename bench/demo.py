@@ -50,7 +50,7 @@ def save_grid(methods, outputs, table, path: Path, prompts=PROMPTS) -> None:
     import matplotlib.pyplot as plt
 
     video = outputs[0][0].ndim == 5
-    fig, axes = plt.subplots(1, len(methods), figsize=((3.3 if video else 1.6) * len(methods),
+    fig, axes = plt.subplots(1, len(methods), figsize=((3.3 if video else 2.6) * len(methods),
                                                        (2.2 if video else 1.0) + 0.55 * len(prompts)))
     for ax, m, out, row in zip(axes, methods, outputs, table):
         img = clips_to_rows(out[0], scale=2) if video else images_to_grid(out[0], cols=1, scale=2)
@@ -58,7 +58,8 @@ def save_grid(methods, outputs, table, path: Path, prompts=PROMPTS) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         psnr = "" if row["provider"] == "none" else f"\n{row['psnr_mean']:.1f} dB, {row['speedup']:.2f}x"
-        ax.set_title(f"{m.label}{psnr}", fontsize=7)
+        label = m.label if video else m.label.replace(" (", "\n(")
+        ax.set_title(f"{label}{psnr}", fontsize=7)
     axes[0].set_yticks([(i + 0.5) * img.shape[0] / len(prompts) for i in range(len(prompts))],
                        [str(p) for p in prompts], fontsize=7)
     fig.suptitle("8 frames per clip, left to right; uncached first" if video else "uncached first", fontsize=8)
