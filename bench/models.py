@@ -68,14 +68,16 @@ _FLUX_PROMPTS = all_image_prompts()[::13]
 REFERENCES = {
     "wan": Reference(
         name="wan", title="reference Wan DiT", weights=wan_model.WEIGHTS, load=wan_model.load,
-        every=tuple(all_prompts()), prompts=tuple(_WAN_PROMPTS), heldout=_heldout(all_prompts(), _WAN_PROMPTS, 5),
+        every=tuple(all_prompts()), prompts=tuple(_WAN_PROMPTS),
+        heldout=_heldout(all_prompts(), _WAN_PROMPTS, 5),
         calibration_prompts=tuple(all_prompts()[2::7]), guidance=5.0, attributes=("color", "shape", "direction"),
         _encode=lambda enc, ps: enc.encode(ps),
         _generate=lambda t, c, **kw: generate_video(t, c[0], c[1], **kw),
         score=score_clips, probe=lambda t: t.blocks[-1].attn1.to_q, pipeline="WanPipeline"),
     "flux": Reference(
         name="flux", title="reference Flux DiT", weights=flux_model.WEIGHTS, load=flux_model.load,
-        every=tuple(all_image_prompts()), prompts=tuple(_FLUX_PROMPTS), heldout=_heldout(all_image_prompts(), _FLUX_PROMPTS, 11),
+        every=tuple(all_image_prompts()), prompts=tuple(_FLUX_PROMPTS),
+        heldout=_heldout(all_image_prompts(), _FLUX_PROMPTS, 11),
         calibration_prompts=tuple(all_image_prompts()[7::23]), guidance=4.0,
         attributes=("color", "shape", "position", "size"),
         _encode=lambda enc, ps: enc.encode(ps),

@@ -274,11 +274,12 @@ def _speedup_note(meta: dict) -> str:
 def report_markdown(meta: dict, records: list[dict]) -> str:
     """quality.md: the setting, each provider's place on the frontier, then every method."""
     m, n = meta["machine"], len(meta["prompts"])
-    return (f"# Speed and fidelity on the {meta['model_title']} (`{meta['command']}`)\n\n"
+    return (f"# Speed and fidelity on the {meta.get('model_title', 'reference Wan DiT')} (`{meta['command']}`)\n\n"
             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, no GPU; torch {m['torch']}; "
             f"{meta['date']}. {meta['steps']} steps, CFG {meta['guidance']}, {n} prompts x {len(meta['seeds'])} "
             f"seeds; times are whole generations of the {n} prompts (seed {meta['timed_seed']}), median [min-max] of "
-            f"{meta['repeats']} interleaved repeats ({meta['pipeline']}). {_speedup_note(meta)} Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
+            f"{meta['repeats']} interleaved repeats ({meta.get('pipeline', 'WanPipeline')}). {_speedup_note(meta)} "
+            f"Fidelity vs the uncached eager clips. cache-dit: {meta['cache_dit']}.\n\n"
             f"{frontier_table(records)}\n\n{markdown_table(records)}\n")
 
 
@@ -320,7 +321,8 @@ def main(argv=None) -> list[dict]:
     from .peers import cachedit_status
 
     meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
-            "guidance": args.guidance, "compiler": "eager" if args.quick else args.compiler, "model": args.model, "model_title": ref.title, "pipeline": ref.pipeline,
+            "guidance": args.guidance, "compiler": "eager" if args.quick else args.compiler, "model": args.model,
+            "model_title": ref.title, "pipeline": ref.pipeline,
             "prompts": [str(p) for p in (ref.prompts[:2] if args.quick else ref.prompts)],
             "seeds": args.seeds, "repeats": args.repeats, "timed_seed": args.seeds[0],
             "cache_dit": cachedit_status(), "judge_uncached": judged, "wall_s": time.time() - t0,
