@@ -31,7 +31,6 @@ from .overhead import machine
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = list(REFERENCES["wan"].prompts)  # 8 prompts: every shape, color and direction
-CALIBRATION = REFERENCES["wan"].calibration
 
 
 def flux_fxcache_methods(compiler: str, calibration: str, steps: int) -> list[Method]:

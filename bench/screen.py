@@ -21,8 +21,6 @@ import torch
 
 from .models import REFERENCES, reference
 
-HELDOUT = list(REFERENCES["wan"].heldout)  # 16 prompts the benchmark does not use
-
 
 def main(argv=None) -> None:
     import fxcache

@@ -36,7 +36,7 @@ def test_packing_is_fluxpipelines_and_invertible():
     x = torch.randn(3, 3, 32, 32)
     assert pack(x).shape == (3, 256, 12) and torch.equal(unpack(pack(x)), x)
     assert initial_latents(2, 5).shape == (2, 256, 12)
-    assert torch.equal(initial_latents(2, 5)[1:], initial_latents(2, 5)[1:])
+    assert torch.equal(initial_latents(1, 5), initial_latents(2, 5)[:1])  # a seed's first image at any batch
 
 
 def test_benchmark_prompt_splits_are_disjoint_and_cover_every_value():
